@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
@@ -101,3 +101,24 @@ def load_yaml(model: type[T], path: str | Path, overrides: dict[str, Any] | None
 
 def dump_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+class DataSection(Section):
+    """Which dataset, where its raw files are, and which split protocol turns it into samples.
+
+    Fields:
+        dataset: one of ``ml-100k``, ``ml-1m``, ``amazon``, ``yelp``.
+        category: Amazon category (e.g. ``Gift_Cards``, ``Books``); required for ``amazon``.
+        data_dir: folder holding the raw files; default ``$REASONREC_DATA_DIR`` (the CLI's ``--data-dir`` wins).
+        protocol: split protocol: ``collm`` (CoLLM/ThinkRec/TrackRec), ``kar`` (KAR/R4ec), ``starec``
+            (STARec/LLMRank leave-one-out ranking), ``tallrec`` (TALLRec few-shot).
+        seed: seed of every random choice the protocol makes (user sampling, negatives).
+        options: protocol options (checked by the protocol; see ``reasonrec data stats --help``).
+    """
+
+    dataset: Literal["ml-100k", "ml-1m", "amazon", "yelp"] = "ml-100k"
+    category: str | None = None
+    data_dir: Path | None = None
+    protocol: Literal["collm", "kar", "starec", "tallrec"] = "collm"
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)

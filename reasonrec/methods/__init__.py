@@ -1,0 +1,61 @@
+"""Experiments: each published method (and the plain-recommender baseline experiment) as a short composition
+of the shared parts.
+
+A method module defines ``Config`` (a :class:`~reasonrec.config.Section` whose ``method`` field is a
+``Literal`` of its name) and ``run(cfg, run_dir) -> dict``. :func:`run_experiment` reads the YAML, picks the
+module from the literal registry below by the ``method`` key, validates the whole file against that module's
+``Config``, and runs it in its run directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from types import ModuleType
+
+from ..config import read_yaml, validate
+from ..errors import ConfigError
+from ..runs import RunDir
+
+
+def _rec() -> ModuleType:
+    from . import rec_experiment
+
+    return rec_experiment
+
+
+# name → loader; modules import torch and friends, so they load only when chosen.
+METHODS = {
+    "rec": _rec,
+}
+
+
+def method_module(name: str, source: str = "<config>") -> ModuleType:
+    if name not in METHODS:
+        close = difflib.get_close_matches(str(name), list(METHODS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{source}: key 'method': unknown method {name!r}{hint} (known: {', '.join(METHODS)})")
+    return METHODS[name]()
+
+
+def load_experiment(path: str | Path):
+    raw = read_yaml(path)
+    if "method" not in raw:
+        raise ConfigError(f"{path}: missing required key 'method' (one of: {', '.join(METHODS)})")
+    module = method_module(raw["method"], str(path))
+    return module, validate(module.Config, raw, str(path))
+
+
+def run_experiment(path: str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None) -> dict:
+    """Validate the experiment at ``path`` and run it; returns the method's results dict."""
+    module, cfg = load_experiment(path)
+    if run_dir is not None:
+        cfg.run_dir = Path(run_dir)
+    if data_dir is not None:
+        cfg.data.data_dir = Path(data_dir)
+    elif cfg.data.data_dir is None and os.environ.get("REASONREC_DATA_DIR"):
+        cfg.data.data_dir = Path(os.environ["REASONREC_DATA_DIR"])
+    run = RunDir(cfg.run_dir)
+    run.write_config(cfg)
+    return module.run(cfg, run)

@@ -1,0 +1,278 @@
+"""What every trainer shares: model + LoRA loading, TrainingArguments, data files, resume and the final save.
+
+A training run owns one ``output_dir``::
+
+    output_dir/checkpoint-N/    resumable checkpoints (adapter, optimizer, scheduler, RNG states, trainer state)
+    output_dir/adapter/         the final LoRA, peft ``save_pretrained`` format (+ tokenizer), written atomically
+    output_dir/train_log.json   every logged loss / metric (Trainer ``log_history``) and the resolved config
+
+A run whose ``adapter/`` and ``train_log.json`` exist is complete and is skipped; an interrupted one resumes from its
+newest checkpoint (same weights as an uninterrupted run with the same seed: the Trainer restores optimizer,
+scheduler, data position and RNG states).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import io
+from ..errors import ConfigError, DataError
+from .config import LoraSection, ModelSection, TrainingSection
+
+log = logging.getLogger(__name__)
+
+TARGETS = {"q_v": ["q_proj", "v_proj"], "all-linear": "all-linear"}
+
+
+@dataclass
+class TrainResult:
+    """What a trainer returns: where the adapter is and what was logged."""
+
+    output_dir: Path
+    adapter_dir: Path
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False
+    seconds: float = 0.0
+
+    @property
+    def losses(self) -> list[float]:
+        return [row["loss"] for row in self.log_history if "loss" in row]
+
+
+def resolve_model_path(name: str) -> str:
+    """A bundled alias (``smollm2-135m``, ``tiny``), a local folder or a Hugging Face id, as a loadable path."""
+    from ..llm import bundled
+
+    if name == bundled.SMOLLM2:
+        return str(bundled.smollm2_hf_dir())
+    if name == "tiny":
+        return str(bundled.tiny_model())
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def lora_config(lora: LoraSection, num_layers: int):
+    """peft ``LoraConfig`` for causal-LM training from our :class:`LoraSection`."""
+    from peft import LoraConfig
+
+    layers = None
+    if lora.layers is not None:
+        layers = sorted({i % num_layers for i in lora.layers})
+        bad = [i for i in lora.layers if not -num_layers <= i < num_layers]
+        if bad:
+            raise ConfigError(f"model.lora.layers: {bad} out of range for a model with {num_layers} layers")
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=TARGETS.get(lora.targets, lora.targets) if isinstance(lora.targets, str) else lora.targets,
+        layers_to_transform=layers, layers_pattern="layers" if layers is not None else None,
+        bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def load_base_model(name: str):
+    """The base causal LM in fp32 (mixed precision, when on, is autocast by the Trainer)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name: cannot load '{name}' ({path}): {err}") from None
+
+
+def load_peft_model(model_cfg: ModelSection, *, with_ref: bool = False):
+    """Base model + a trainable LoRA: a new one from ``model_cfg.lora``, or ``init_adapter`` to continue.
+
+    With ``with_ref`` and an ``init_adapter``, the same adapter is also loaded frozen under the name ``ref`` (the
+    reference policy of preference training, as trl does when re-training an existing adapter).
+    """
+    from peft import PeftModel, get_peft_model
+
+    base = load_base_model(model_cfg.name)
+    if model_cfg.init_adapter is not None:
+        path = Path(model_cfg.init_adapter)
+        if not (path / "adapter_config.json").exists():
+            raise ConfigError(f"model.init_adapter: {path} has no adapter_config.json (expected a peft LoRA folder)")
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+        if with_ref:
+            model.load_adapter(str(path), adapter_name="ref", is_trainable=False)
+            model.set_adapter("default")
+    else:
+        model = get_peft_model(base, lora_config(model_cfg.lora, base.config.num_hidden_layers))
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    return model
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """``auto``: fp32 on CPU; bf16 where the GPU supports it, else fp16."""
+    import torch
+
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return {"bf16": False, "fp16": False}
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_kwargs(t: TrainingSection) -> dict[str, Any]:
+    """The TrainingArguments fields every trainer sets the same way."""
+    return dict(
+        output_dir=str(t.output_dir), seed=t.seed, data_seed=t.seed, learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        report_to="none", dataloader_num_workers=0, disable_tqdm=False, logging_first_step=True,
+        **precision_flags(t.precision),
+    )
+
+
+def read_table(path: str | Path, columns: list[str], limit: int | None = None):
+    """Read a JSONL / JSON / Parquet file into a pandas DataFrame and check it has ``columns``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: training file not found")
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        elif path.suffix in (".jsonl", ".json"):
+            df = pd.read_json(path, lines=path.suffix == ".jsonl")
+        else:
+            raise DataError(f"{path}: unsupported file type '{path.suffix}'; use .jsonl, .json or .parquet")
+    except ValueError as err:
+        raise DataError(f"{path}: cannot parse ({err})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; it has {list(df.columns)} "
+                        f"(set the trainer's *_column options to the right names)")
+    if len(df) == 0:
+        raise DataError(f"{path}: no rows")
+    return df.head(limit) if limit else df
+
+
+def to_dataset(df):
+    from datasets import Dataset
+
+    return Dataset.from_pandas(df.reset_index(drop=True), preserve_index=False)
+
+
+def is_complete(output_dir: Path) -> bool:
+    return (output_dir / "adapter" / "adapter_config.json").exists() and (output_dir / "train_log.json").exists()
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not output_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def run_training(trainer, cfg, *, tokenizer=None, save_fn=None) -> TrainResult:
+    """Train (resuming from the newest checkpoint when ``cfg.training.resume``), then save the adapter atomically.
+
+    ``save_fn(folder)`` overrides how the final model is written (default: ``trainer.model.save_pretrained``).
+    Returns early, without saving a final adapter, when a callback stopped training before ``max_steps`` — the
+    checkpoint is what a later run resumes from.
+    """
+    t0 = time.time()
+    out = Path(cfg.training.output_dir)
+    resume = last_checkpoint(out) if cfg.training.resume else None
+    if resume:
+        log.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    result = TrainResult(out, out / "adapter", list(state.log_history), seconds=time.time() - t0)
+    if state.max_steps and state.global_step < state.max_steps:  # stopped early (e.g. a stop callback)
+        return result
+    with io.atomic_dir(out / "adapter") as tmp:
+        if save_fn is not None:
+            save_fn(tmp)
+        else:
+            trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    io.write_json(out / "train_log.json", {
+        "config": cfg.model_dump(mode="json"), "global_step": state.global_step,
+        "seconds": round(result.seconds, 3), "log_history": result.log_history,
+    })
+    return result
+
+
+def skipped_result(cfg) -> TrainResult:
+    import json
+
+    out = Path(cfg.training.output_dir)
+    info = json.loads((out / "train_log.json").read_text())
+    return TrainResult(out, out / "adapter", info.get("log_history", []), skipped=True)
+
+
+def chat_messages(prompt: str, completion: str | None = None, system: str | None = None) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": prompt})
+    if completion is not None:
+        msgs.append({"role": "assistant", "content": completion})
+    return msgs
+
+
+def encode_pair(tokenizer, prompt: str, completions: list[str], *, chat: bool,
+                system: str | None = None) -> tuple[list[int], list[list[int]]]:
+    """Token ids of a prompt and of each completion after it, split the way trl's DPO trainer splits them.
+
+    With ``chat``, the prompt is rendered with the generation prompt and each completion as the assistant turn
+    (ending in the template's end-of-turn); without, completions get the EOS token appended. The completion starts
+    where the tokenised prompt and prompt + completion diverge (tokens can merge across the boundary).
+    """
+    def ids(x, **kw) -> list[int]:
+        if chat:
+            out = tokenizer.apply_chat_template(x, tokenize=True, return_dict=True, **kw)
+            return list(out["input_ids"])
+        return list(tokenizer(text=x)["input_ids"])
+
+    if chat:
+        prompt_ids = ids(chat_messages(prompt, None, system), add_generation_prompt=True)
+        fulls = [ids(chat_messages(prompt, c, system)) for c in completions]
+    else:
+        eos = tokenizer.eos_token
+        prompt_ids = ids(prompt)
+        fulls = [ids(prompt + (c if c.endswith(eos) else c + eos)) for c in completions]
+    cut = min(_common_prefix(prompt_ids, f) for f in fulls)
+    return prompt_ids[:cut], [f[cut:] for f in fulls]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def fit_length(prompt_ids: list[int], completion_ids: list[list[int]], max_length: int):
+    """Cut the prompt from the left (keeping its end, next to the answer) so prompt + longest completion fits;
+    completions longer than ``max_length`` alone are cut from the right."""
+    longest = max(len(c) for c in completion_ids)
+    if longest >= max_length:
+        completion_ids = [c[: max_length - 1] for c in completion_ids]
+        longest = max_length - 1
+    room = max_length - longest
+    return prompt_ids[-room:] if len(prompt_ids) > room else prompt_ids, completion_ids

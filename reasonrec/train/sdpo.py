@@ -1,0 +1,173 @@
+"""Softmax-DPO: one chosen and K rejected completions per prompt (TrackRec Eq. 4; S-DPO, Chen et al. 2024).
+
+trl has no multi-negative DPO, so this is a small ``transformers.Trainer`` that reuses trl's machinery:
+
+- tokenisation splits prompt / completion as trl's DPO trainer does (:func:`~reasonrec.train.common.encode_pair`);
+- the chosen and all rejected completions of a batch share one forward pass, and sequence log-probs come from
+  trl's fused LM head (``add_fused_lm_head``: per-token log-probs without materialising (N, T, V) logits, the
+  same kernel trl's DPO trainer uses), masked to the completion and summed;
+- the reference is the same model with the adapter disabled (or the frozen ``ref`` copy of ``init_adapter``),
+  under ``no_grad`` — trl's ``use_adapter``;
+- the loss is :func:`reasonrec.train.losses.sdpo_loss`, which with K = 1 equals trl's DPO sigmoid loss.
+
+Logged like trl's DPO: ``rewards/chosen``, ``rewards/rejected`` (mean β·log-ratio), ``rewards/margins`` (chosen minus
+mean rejected) and ``rewards/accuracies`` (share of prompts whose chosen beats every rejected completion).
+
+Data: rows with ``prompt`` (str), ``chosen`` (str) and ``rejected`` (list of K strings, or one string).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import Trainer
+
+from ..errors import DataError
+from .common import (
+    TrainResult,
+    encode_pair,
+    fit_length,
+    is_complete,
+    load_peft_model,
+    load_tokenizer,
+    read_table,
+    run_training,
+    skipped_result,
+    training_kwargs,
+)
+from .config import SDPOConfig
+from .losses import sdpo_loss
+
+
+def sdpo_records(df, cfg: SDPOConfig, tokenizer) -> list[dict]:
+    """Rows → ``{prompt_ids, chosen_ids, rejected_ids: list[list[int]]}``."""
+    out = []
+    for i, row in enumerate(df.to_dict("records")):
+        rejected = row[cfg.rejected_column]
+        if isinstance(rejected, str):
+            rejected = [rejected]
+        rejected = [str(r) for r in list(rejected)]
+        if not rejected:
+            raise DataError(f"{cfg.data.train}: row {i}: column '{cfg.rejected_column}' is empty; S-DPO needs ≥ 1 "
+                            f"rejected completion per prompt")
+        prompt_ids, comps = encode_pair(tokenizer, str(row[cfg.prompt_column]),
+                                        [str(row[cfg.chosen_column]), *rejected], chat=cfg.chat_template)
+        prompt_ids, comps = fit_length(prompt_ids, comps, cfg.training.max_length)
+        out.append({"prompt_ids": prompt_ids, "chosen_ids": comps[0], "rejected_ids": comps[1:]})
+    return out
+
+
+@dataclass
+class MultiNegativeCollator:
+    """Pads B prompts × (1 + K_b) completions into one batch: rows [chosen_1..chosen_B, rejected of prompt 1, ...].
+
+    Returns ``input_ids``, ``attention_mask``, ``completion_mask`` (N, T) with N = B + Σ K_b (right padding) and
+    ``n_rejected`` (B,).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        seqs, masks = [], []
+        for ex in examples:
+            seqs.append(ex["prompt_ids"] + ex["chosen_ids"])
+            masks.append([0] * len(ex["prompt_ids"]) + [1] * len(ex["chosen_ids"]))
+        for ex in examples:
+            for rej in ex["rejected_ids"]:
+                seqs.append(ex["prompt_ids"] + rej)
+                masks.append([0] * len(ex["prompt_ids"]) + [1] * len(rej))
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        completion_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (s, m) in enumerate(zip(seqs, masks, strict=True)):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            attention_mask[i, : len(s)] = 1
+            completion_mask[i, : len(m)] = torch.tensor(m)
+        n_rejected = torch.tensor([len(ex["rejected_ids"]) for ex in examples])
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask,
+                "n_rejected": n_rejected}
+
+
+def _split(logps: torch.Tensor, n_rejected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N,) row log-probs → chosen (B,), rejected (B, Kmax) and its mask (B, Kmax)."""
+    b = n_rejected.numel()
+    k_max = int(n_rejected.max())
+    chosen = logps[:b]
+    mask = torch.arange(k_max, device=logps.device).unsqueeze(0) < n_rejected.to(logps.device).unsqueeze(1)
+    rejected = logps.new_zeros((b, k_max)).masked_scatter(mask, logps[b:])
+    return chosen, rejected, mask
+
+
+class SDPOTrainer(Trainer):
+    """A ``transformers.Trainer`` whose loss is softmax-DPO (TrackRec Eq. 4) over one chosen + K rejected."""
+
+    def __init__(self, *args, beta: float = 0.1, **kwargs):
+        from trl.trainer.utils import add_fused_lm_head
+
+        super().__init__(*args, **kwargs)
+        self.beta = beta
+        add_fused_lm_head(self.model.get_base_model())
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def _row_logps(self, model, inputs) -> torch.Tensor:
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                    use_cache=False, fused_lm_head=True)
+        return out.log_probs.sum(dim=1)  # (N,) zero outside the completion
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from trl.trainer.utils import use_adapter
+
+        logps = self._row_logps(model, inputs)
+        peft_model = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad(), use_adapter(peft_model, "ref" if "ref" in peft_model.peft_config else None):
+            ref_logps = self._row_logps(model, inputs)
+        chosen, rejected, mask = _split(logps, inputs["n_rejected"])
+        ref_chosen, ref_rejected, _ = _split(ref_logps, inputs["n_rejected"])
+        loss, _ = sdpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta, mask)
+
+        with torch.no_grad():
+            r_chosen = self.beta * (chosen - ref_chosen)                              # (B,)
+            r_rejected = (self.beta * (rejected - ref_rejected)).masked_fill(~mask, 0)  # (B, K)
+            mean_rejected = r_rejected.sum(1) / mask.sum(1)
+            beats_all = (r_chosen.unsqueeze(1) > r_rejected).logical_or(~mask).all(1)
+            self._metrics["rewards/chosen"].append(r_chosen.mean().item())
+            self._metrics["rewards/rejected"].append(mean_rejected.mean().item())
+            self._metrics["rewards/margins"].append((r_chosen - mean_rejected).mean().item())
+            self._metrics["rewards/accuracies"].append(beats_all.float().mean().item())
+            self._metrics["logps/chosen"].append(chosen.mean().item())
+        return (loss, {"logps": logps}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if v})
+        self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def build_sdpo_trainer(cfg: SDPOConfig, df=None, callbacks: Sequence = ()):
+    from datasets import Dataset
+    from transformers import TrainingArguments, set_seed
+
+    if df is None:
+        df = read_table(cfg.data.train, [cfg.prompt_column, cfg.chosen_column, cfg.rejected_column], cfg.data.limit)
+    set_seed(cfg.training.seed)
+    tokenizer = load_tokenizer(cfg.model.name)
+    model = load_peft_model(cfg.model, with_ref=True)
+    args = TrainingArguments(**training_kwargs(cfg.training), remove_unused_columns=False)
+    dataset = Dataset.from_list(sdpo_records(df, cfg, tokenizer))
+    trainer = SDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          data_collator=MultiNegativeCollator(tokenizer.pad_token_id), callbacks=list(callbacks),
+                          beta=cfg.beta)
+    return trainer, tokenizer
+
+
+def train_sdpo(cfg: SDPOConfig, df=None, callbacks: Sequence = ()) -> TrainResult:
+    """Run (or resume, or skip if complete) softmax-DPO; the adapter lands in ``output_dir/adapter``."""
+    if is_complete(cfg.training.output_dir):
+        return skipped_result(cfg)
+    trainer, tokenizer = build_sdpo_trainer(cfg, df, callbacks)
+    return run_training(trainer, cfg, tokenizer=tokenizer)
