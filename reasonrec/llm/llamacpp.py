@@ -15,6 +15,7 @@ backend does not take ``adapter=`` per call; load the adapter as ``options.lora_
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +43,9 @@ class LlamaCppOptions(Section):
 
     Fields:
         n_ctx: context window in tokens (prompt + completion); default 4096.
-        n_threads: CPU threads; ``None`` = llama.cpp's default (all physical cores).
+        n_threads: CPU threads for prompt and generation; ``None`` = half the logical CPUs (at least 1). llama.cpp
+            threads spin-wait, so more threads than free cores is catastrophic on a shared machine (measured:
+            75 s instead of 0.6 s for 32 tokens with 2 threads on 2 busy cores).
         n_batch: prompt tokens per decode call; default 512.
         n_gpu_layers: layers offloaded to a GPU build of llama.cpp; default 0.
         lora_path: a GGUF LoRA adapter applied at load time (see the module docstring).
@@ -81,8 +84,11 @@ class LlamaCppLLM:
 
         self.options = options or LlamaCppOptions()
         self.path = resolve_gguf(name)
+        self._contexts: list = []
         self._gen = self._open(logits_all=False)
         self._scorer = None
+        # Close the contexts before interpreter teardown; llama-cpp-python's __del__ fails noisily after it.
+        weakref.finalize(self, _close_all, self._contexts)
         meta = self._gen.metadata
         template = meta.get("tokenizer.chat_template")
         self._formatter = None
@@ -99,11 +105,13 @@ class LlamaCppLLM:
 
         kwargs = {"n_ctx": self.options.n_ctx, "n_batch": self.options.n_batch,
                   "n_gpu_layers": self.options.n_gpu_layers, "logits_all": logits_all, "verbose": False}
-        if self.options.n_threads:
-            kwargs.update(n_threads=self.options.n_threads, n_threads_batch=self.options.n_threads)
+        threads = self.options.n_threads or max(1, (os.cpu_count() or 2) // 2)
+        kwargs.update(n_threads=threads, n_threads_batch=threads)
         if self.options.lora_path:
             kwargs["lora_path"] = str(self.options.lora_path)
-        return Llama(str(self.path), **kwargs)
+        llm = Llama(str(self.path), **kwargs)
+        self._contexts.append(llm)
+        return llm
 
     def format(self, prompt: Prompt) -> str:
         messages = as_messages(prompt, self.options.system_prompt)
@@ -133,6 +141,9 @@ class LlamaCppLLM:
             ids = self.encode_prompt(prompt)
             texts, counts = [], []
             for s in range(n):
+                # Without a reset llama-cpp-python reuses the KV cache of a shared prefix, whose logits differ in
+                # the last bits from a fresh prefill; greedy outputs would then depend on the previous call.
+                self._gen.reset()
                 res = self._gen.create_completion(
                     ids, max_tokens=min(max_new_tokens, self.options.n_ctx - len(ids)), temperature=temperature,
                     top_p=top_p, top_k=0, min_p=0.0, repeat_penalty=1.0, seed=seed * 1000 + s,
@@ -193,6 +204,12 @@ class LlamaCppLLM:
             tokens = [self._gen.detokenize([t]).decode("utf-8", errors="replace") for t in comp]
             out.append(SequenceLogprob(total=float(sum(logps)), token_logps=logps, tokens=tokens))
         return out
+
+
+def _close_all(contexts: list) -> None:
+    for llm in contexts:
+        llm.close()
+    contexts.clear()
 
 
 def gguf_available() -> bool:

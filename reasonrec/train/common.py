@@ -14,6 +14,7 @@ scheduler, data position and RNG states).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,10 +113,33 @@ def load_peft_model(model_cfg: ModelSection, *, with_ref: bool = False):
             model.set_adapter("default")
     else:
         model = get_peft_model(base, lora_config(model_cfg.lora, base.config.num_hidden_layers))
+    if model_cfg.trainable_last_layers is not None:
+        freeze_lora_outside_last(model, model_cfg.trainable_last_layers)
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     return model
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def freeze_lora_outside_last(model, n_last: int) -> int:
+    """Freeze every trainable LoRA weight outside the last ``n_last`` decoder layers; returns how many stay trainable."""
+    n_layers = model.get_base_model().config.num_hidden_layers
+    first = max(0, n_layers - n_last)
+    kept = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        m = _LAYER.search(name)
+        if m is None or int(m.group(1)) < first:
+            p.requires_grad_(False)
+        else:
+            kept += p.numel()
+    if kept == 0:
+        raise ConfigError(f"model.trainable_last_layers={n_last}: no LoRA weight lies in layers {first}..{n_layers - 1}")
+    return kept
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -276,3 +300,24 @@ def fit_length(prompt_ids: list[int], completion_ids: list[list[int]], max_lengt
         longest = max_length - 1
     room = max_length - longest
     return prompt_ids[-room:] if len(prompt_ids) > room else prompt_ids, completion_ids
+
+
+def stop_after_steps(n: int):
+    """A Trainer callback that ends training after optimizer step ``n`` (after that step's checkpoint, if due):
+    simulates a killed run in tests and bounds smoke runs (``reasonrec train ... --stop-after N``)."""
+    from transformers import TrainerCallback
+
+    class StopAfterSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= n:
+                control.should_training_stop = True
+            return control
+
+    return StopAfterSteps()
+
+
+def adapter_weights(folder: str | Path) -> dict[str, Any]:
+    """The tensors of a saved adapter (``adapter_model.safetensors``)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "adapter_model.safetensors"))

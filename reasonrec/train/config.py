@@ -49,12 +49,15 @@ class ModelSection(Section):
             the SFT adapter before S-DPO / GRPO, the global LoRA before experts). Its LoRA settings win over
             ``lora``. For preference training, the reference is this adapter, frozen (as trl does), not the base.
         lora (`LoraSection`): the new adapter, when ``init_adapter`` is not given.
+        trainable_last_layers (`int` or `None`, defaults to `None`): train only the LoRA weights of the last N
+            decoder layers (the rest stay frozen); ThinkRec's experts fine-tune the global LoRA on the last 8.
         gradient_checkpointing (`bool`, defaults to `False`): trade compute for memory on long prompts.
     """
 
     name: str = "smollm2-135m"
     init_adapter: Path | None = None
     lora: LoraSection = Field(default_factory=LoraSection)
+    trainable_last_layers: int | None = Field(None, ge=1)
     gradient_checkpointing: bool = False
 
 
