@@ -44,8 +44,6 @@ def test_one_rejected_equals_trl_dpo_sigmoid_loss(tiny_model_path, tmp_path, cha
     cfg.chat_template = chat
     ours, tok = build_sdpo_trainer(cfg, df)
     model = ours.model
-    _randomise_lora(model)  # policy ≠ reference, so the loss is not just log 2
-    model.eval()            # no LoRA dropout: both trainers see the same function
     trl_data = [{"prompt": [{"role": "user", "content": p}] if chat else p,
                  "chosen": [{"role": "assistant", "content": c}] if chat else c,
                  "rejected": [{"role": "assistant", "content": r}] if chat else r}
@@ -53,7 +51,10 @@ def test_one_rejected_equals_trl_dpo_sigmoid_loss(tiny_model_path, tmp_path, cha
     trl = DPOTrainer(model=model, args=DPOConfig(output_dir=str(tmp_path / "trl"), beta=cfg.beta, report_to="none",
                                                  max_length=None, per_device_train_batch_size=3, bf16=False),
                      train_dataset=Dataset.from_list(trl_data), processing_class=tok)
-    model.eval()
+    model = trl.model
+    assert model is ours.model or ours.accelerator.unwrap_model(ours.model) is model
+    _randomise_lora(model)  # policy ≠ reference, so the loss is not just log 2
+    model.eval()            # no LoRA dropout: both trainers see the same function
     trl_batch = trl.data_collator([trl.train_dataset[i] for i in range(3)])
     our_batch = ours.data_collator([ours.train_dataset[i] for i in range(3)])
     # same tokens: trl's rows are [chosen..., rejected...], as ours

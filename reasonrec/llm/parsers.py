@@ -192,25 +192,33 @@ def _similarity(a: str, b: str) -> float:
         return difflib.SequenceMatcher(None, a, b).ratio()
 
 
-def _match(line: str, titles: Mapping[Any, str], cutoff: float) -> tuple[Any, str] | None:
+def _forms(title: str) -> set[str]:
+    """Normalised forms of a title: as is, and without a trailing "(1995)" (models often drop the year)."""
+    forms = {_norm(title), _norm(re.sub(r"\(\d{4}\)\s*$", "", title))}
+    return {f for f in forms if f}
+
+
+def _match(line: str, forms: Mapping[Any, set[str]], cutoff: float) -> tuple[Any, str] | None:
     """The candidate a line names, and the line's explanation part."""
     body = line.strip().strip("*").strip()
-    # "Title (1995) - explanation" / "Title: explanation"; try the whole line too (titles may contain " - ").
+    # "Title (1995) - explanation" / "**Title**: explanation"
     parts = re.split(r"\s+[-–—:]\s+|\*\*\s*[-–—:]?\s*", body, maxsplit=1)
     head = _unbracket(parts[0].strip("*\"' "))
     explanation = parts[1].strip() if len(parts) > 1 else ""
-    normed = {cid: _norm(t) for cid, t in titles.items()}
     h = _norm(head)
-    for cid, t in normed.items():
-        if h and h == t:
+    for cid, fs in forms.items():
+        if h in fs:
             return cid, explanation
-    whole = _norm(body)
-    contained = [cid for cid, t in normed.items() if t and (t in whole)]
-    if contained:  # the longest title contained in the line (avoids "Heat" inside "Heat and Dust")
-        return max(contained, key=lambda c: len(normed[c])), explanation
-    best = max(normed, key=lambda c: _similarity(h, normed[c]), default=None)
-    if best is not None and _similarity(h, normed[best]) >= cutoff:
-        return best, explanation
+    # A title inside the head, then inside the whole line; the longest wins ("Heat" vs "Heat and Dust").
+    for text in (h, _norm(body)):
+        padded = f" {text} "
+        hits = [(len(f), cid) for cid, fs in forms.items() for f in fs if f" {f} " in padded]
+        if hits:
+            return max(hits, key=lambda x: x[0])[1], explanation
+    scored = [(_similarity(h, f), cid) for cid, fs in forms.items() for f in fs]
+    best = max(scored, key=lambda x: x[0], default=None)
+    if best is not None and best[0] >= cutoff:
+        return best[1], explanation
     return None
 
 
@@ -230,9 +238,10 @@ def parse_ranking(text: str, candidates: Mapping[Any, str], cutoff: float = 0.75
             numbered.append((int(m.group(1)), m.group(2)))
     numbered.sort(key=lambda x: x[0])  # stable: equal numbers keep their line order
     ranking = Ranking(ids=[], matched=0)
+    forms = {cid: _forms(str(title)) for cid, title in candidates.items()}
     seen = set()
     for _, line in numbered:
-        hit = _match(line, candidates, cutoff)
+        hit = _match(line, forms, cutoff)
         if hit is None:
             ranking.unmatched_lines.append(line)
             continue

@@ -58,7 +58,10 @@ def resolve_model_path(name: str) -> str:
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.name: cannot load the tokenizer of '{name}': {err}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
