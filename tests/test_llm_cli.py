@@ -18,15 +18,15 @@ def test_generate_and_score(tiny_model_path, tmp_path):
             "--max-new-tokens", "4", "--json", "--cache", str(tmp_path / "c.sqlite"), "-o", "threads=1"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    rows = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert [r["prompt"] for r in rows] == ["Hello", "Hi there"] and all(r["cached"] == 0 for r in rows)
-    again = [json.loads(line) for line in runner.invoke(app, args).output.splitlines() if line.startswith("{")]
+    again = [json.loads(line) for line in runner.invoke(app, args).stdout.splitlines() if line.startswith("{")]
     assert [r["texts"] for r in again] == [r["texts"] for r in rows] and all(r["cached"] == 1 for r in again)
 
     res = runner.invoke(app, ["llm", "score", "--model", str(tiny_model_path), "-p", "Yes or no?",
                               "--choices", "Yes,No,Maybe", "-o", "threads=1"])
     assert res.exit_code == 0, res.output
-    row = json.loads(res.output.strip().splitlines()[-1])
+    row = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(row) == {"prompt", "Yes", "No", "Maybe"} and abs(row["Yes"] + row["No"] + row["Maybe"] - 1) < 1e-5
 
 

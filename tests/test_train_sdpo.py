@@ -22,8 +22,8 @@ PAIRS = pd.DataFrame({
 def _cfg(tiny, out, **training):
     return SDPOConfig.model_validate({
         "model": {"name": str(tiny), "lora": {"targets": "all-linear"}}, "data": {"train": "unused.jsonl"},
-        "training": {"output_dir": str(out), "max_steps": 6, "learning_rate": 1e-2, "logging_steps": 1,
-                     "save_steps": 3, "per_device_train_batch_size": 3, **training}})
+        "training": {"output_dir": str(out), "max_steps": 4, "learning_rate": 1e-2, "logging_steps": 1,
+                     "save_steps": 2, "per_device_train_batch_size": 3, **training}})
 
 
 def _randomise_lora(model, seed=0):
@@ -34,14 +34,15 @@ def _randomise_lora(model, seed=0):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
-@pytest.mark.parametrize("chat", [True, False])
-def test_one_rejected_equals_trl_dpo_sigmoid_loss(tiny_model_path, tmp_path, chat):
+@pytest.mark.parametrize(("chat", "share"), [(True, True), (True, False), (False, True)])
+def test_one_rejected_equals_trl_dpo_sigmoid_loss(tiny_model_path, tmp_path, chat, share):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     df = PAIRS.assign(rejected=[r[0] for r in PAIRS["rejected"]])
     cfg = _cfg(tiny_model_path, tmp_path / "ours", per_device_train_batch_size=3)
     cfg.chat_template = chat
+    cfg.share_prompt = share
     ours, tok = build_sdpo_trainer(cfg, df)
     model = ours.model
     trl_data = [{"prompt": [{"role": "user", "content": p}] if chat else p,
@@ -70,7 +71,7 @@ def test_initial_loss_is_log_1_plus_k_then_training_lowers_it(tiny_model_path, t
     result = train_sdpo(_cfg(tiny_model_path, tmp_path, max_steps=8, save_steps=100), PAIRS)
     losses = result.losses
     assert losses[0] == pytest.approx(math.log(1 + 3), abs=1e-5)  # fresh LoRA: policy == reference
-    assert losses[-1] < losses[0] - 0.2
+    assert losses[-1] < losses[0] - 0.15
     acc = [h["rewards/accuracies"] for h in result.log_history if "rewards/accuracies" in h]
     assert acc[-1] == 1.0
     weights = adapter_weights(result.adapter_dir)
@@ -80,9 +81,9 @@ def test_initial_loss_is_log_1_plus_k_then_training_lowers_it(tiny_model_path, t
 def test_killed_and_resumed_run_ends_at_the_same_weights(tiny_model_path, tmp_path):
     full = train_sdpo(_cfg(tiny_model_path, tmp_path / "full", per_device_train_batch_size=2), PAIRS)
     part = _cfg(tiny_model_path, tmp_path / "part", per_device_train_batch_size=2)
-    first = train_sdpo(part, PAIRS, callbacks=[stop_after_steps(3)])
-    assert not first.adapter_dir.exists() and (tmp_path / "part" / "checkpoint-3").exists()
-    train_sdpo(part, PAIRS)  # a new process would do exactly this: same config, resumes from checkpoint-3
+    first = train_sdpo(part, PAIRS, callbacks=[stop_after_steps(2)])
+    assert not first.adapter_dir.exists() and (tmp_path / "part" / "checkpoint-2").exists()
+    train_sdpo(part, PAIRS)  # a new process would do exactly this: same config, resumes from checkpoint-2
     a, b = adapter_weights(full.adapter_dir), adapter_weights(tmp_path / "part" / "adapter")
     assert a.keys() == b.keys()
     for k in a:

@@ -20,8 +20,8 @@ PAIRS = pd.DataFrame({
 def _cfg(tiny, out, **training):
     return SFTConfig.model_validate({
         "model": {"name": str(tiny), "lora": {"targets": "all-linear"}}, "data": {"train": "unused.jsonl"},
-        "training": {"output_dir": str(out), "max_steps": 6, "learning_rate": 2e-2, "logging_steps": 1,
-                     "save_steps": 3, "per_device_train_batch_size": 4, **training}})
+        "training": {"output_dir": str(out), "max_steps": 4, "learning_rate": 2e-2, "logging_steps": 1,
+                     "save_steps": 2, "per_device_train_batch_size": 4, **training}})
 
 
 def _dataset_loss(trainer) -> float:
@@ -43,7 +43,7 @@ def test_loss_is_on_the_completion_only_with_the_chat_template(tiny_model_path, 
 
 
 def test_overfitting_lowers_the_loss_and_changes_only_lora(tiny_model_path, tmp_path):
-    trainer, _ = build_sft_trainer(_cfg(tiny_model_path, tmp_path, max_steps=15, save_steps=100), PAIRS)
+    trainer, _ = build_sft_trainer(_cfg(tiny_model_path, tmp_path, max_steps=10, save_steps=100), PAIRS)
     before_loss = _dataset_loss(trainer)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -58,7 +58,7 @@ def test_killed_and_resumed_run_ends_at_the_same_weights(tiny_model_path, tmp_pa
     data = pd.concat([PAIRS] * 2, ignore_index=True)
     full = train_sft(_cfg(tiny_model_path, tmp_path / "full", per_device_train_batch_size=2), data)
     part = _cfg(tiny_model_path, tmp_path / "part", per_device_train_batch_size=2)
-    assert not train_sft(part, data, callbacks=[stop_after_steps(3)]).adapter_dir.exists()
+    assert not train_sft(part, data, callbacks=[stop_after_steps(2)]).adapter_dir.exists()
     resumed = train_sft(part, data)
     a, b = adapter_weights(full.adapter_dir), adapter_weights(resumed.adapter_dir)
     for k in a:
@@ -74,3 +74,27 @@ def test_bad_inputs_raise_clear_errors(tiny_model_path, tmp_path):
     with pytest.raises(ConfigError, match="cannot load"):
         train_sft(SFTConfig.model_validate({"model": {"name": str(tmp_path / "nope")}, "data": {"train": str(path)},
                                             "training": {"output_dir": str(tmp_path / "o")}}), PAIRS)
+
+
+@pytest.mark.slow
+def test_smollm2_adapter_trains_saves_and_loads_by_folder(tmp_path):
+    """Real bundled model: a few SFT steps, then the saved folder loads with plain peft and changes the output."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reasonrec.llm.bundled import smollm2_hf_dir
+
+    cfg = SFTConfig.model_validate({
+        "model": {"name": "smollm2-135m"}, "data": {"train": "unused.jsonl"},
+        "training": {"output_dir": str(tmp_path), "max_steps": 3, "learning_rate": 1e-3, "logging_steps": 1,
+                     "save_steps": 100, "per_device_train_batch_size": 2}})
+    result = train_sft(cfg, PAIRS)
+    assert result.losses[-1] < result.losses[0]
+    tok = AutoTokenizer.from_pretrained(result.adapter_dir)
+    ids = tok("Do you like Alien?", return_tensors="pt")["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir())
+    with torch.no_grad():
+        before = base(input_ids=ids).logits
+        tuned = PeftModel.from_pretrained(base, str(result.adapter_dir))
+        after = tuned(input_ids=ids).logits
+    assert (after - before).abs().max() > 1e-4

@@ -30,8 +30,8 @@ def _cfg(tiny, out, soft=None, **training):
     return YesNoConfig.model_validate({
         "model": {"name": str(tiny), "lora": {"targets": "all-linear"}}, "data": {"train": "unused.jsonl"},
         "soft_token": soft,
-        "training": {"output_dir": str(out), "max_steps": 6, "learning_rate": 2e-2, "logging_steps": 1,
-                     "save_steps": 3, "per_device_train_batch_size": 4, **training}})
+        "training": {"output_dir": str(out), "max_steps": 4, "learning_rate": 2e-2, "logging_steps": 1,
+                     "save_steps": 2, "per_device_train_batch_size": 4, **training}})
 
 
 def _eval(trainer):
@@ -82,7 +82,7 @@ def test_soft_tokens_train_the_projector_with_lora_frozen_and_resume_exactly(tin
 
     full = train_yesno(_cfg(tiny_model_path, tmp_path / "full", soft), df)
     part_cfg = _cfg(tiny_model_path, tmp_path / "part", soft)
-    train_yesno(part_cfg, df, callbacks=[stop_after_steps(3)])
+    train_yesno(part_cfg, df, callbacks=[stop_after_steps(2)])
     part = train_yesno(part_cfg, df)
     pa = torch.load(full.adapter_dir / "soft_projector.pt")
     pb = torch.load(part.adapter_dir / "soft_projector.pt")

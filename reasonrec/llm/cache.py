@@ -99,6 +99,8 @@ class CachedLLM:
         self.stats = {"hits": 0, "misses": 0, "completion_tokens": 0}
 
     def __getattr__(self, name: str) -> Any:  # tokenizer, load_adapter, format... of the wrapped backend
+        if name == "inner":  # not set yet: avoid infinite recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def _prompt_key(self, prompt: Prompt) -> Any:

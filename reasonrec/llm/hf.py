@@ -79,6 +79,24 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def _row_seed(seed: int, prompt_ids: list[int], sample: int) -> int:
+    digest = hashlib.sha256(f"{seed}|{sample}|{','.join(map(str, prompt_ids))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _sample(logits, temperature: float, top_p: float, generator):
+    """One token from ``logits`` (V,): temperature, then the smallest nucleus with mass ≥ top_p."""
+    import torch
+
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # tokens after the nucleus is complete
+        sorted_p[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
 class TransformersLLM:
     """An :class:`~reasonrec.llm.base.LLM` on a transformers causal LM (optionally a peft model)."""
 
@@ -233,42 +251,73 @@ class TransformersLLM:
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
                  adapter: AdapterArg = None) -> list[Generation]:
-        import torch
-
         check_generate_args(n, temperature, top_p, max_new_tokens)
         adapters = per_prompt_adapters(adapter, len(prompts))
         encoded = [self.encode_prompt(p) for p in prompts]
         results: list[Generation | None] = [None] * len(prompts)
-        sampling = temperature > 0
-        gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": sampling,
-                                      "pad_token_id": self.tokenizer.pad_token_id}
-        if sampling:
-            gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        else:  # silence the model's own sampling defaults (SmolLM2 ships temperature=0.2)
-            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        if stop:
-            gen_kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        for b, batch in enumerate(self._batches([len(e) for e in encoded])):
-            # n samples of a prompt are n rows (rather than num_return_sequences) so that adapter_names has one
-            # entry per row, which peft's mixed-batch forward requires.
+        for batch in self._batches([len(e) for e in encoded]):
+            # n samples of a prompt are n rows, so adapter_names has one entry per row (peft's mixed batch).
             rows = [encoded[i] for i in batch for _ in range(n)]
             row_adapters = [adapters[i] for i in batch for _ in range(n)]
-            ids, mask = self._pad(rows, side="left")
-            if sampling:
-                torch.manual_seed(seed * 100_003 + b)  # DEVIATION: samples depend on batch composition
-            with torch.inference_mode():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs,
-                                          **self._adapter_kwargs(row_adapters))
-            new = out[:, ids.shape[1]:].tolist()
+            # One generator per row, seeded by (seed, prompt tokens, sample index): a row samples the same text
+            # whatever batch it lands in, so a resumed run reproduces an uninterrupted one.
+            row_seeds = [_row_seed(seed, encoded[i], s) for i in batch for s in range(n)]
+            new = self._decode(rows, row_adapters, row_seeds, max_new_tokens, temperature, top_p, stop)
             for j, i in enumerate(batch):
                 texts, counts = [], []
                 for row in new[j * n:(j + 1) * n]:
-                    count = next((k + 1 for k, t in enumerate(row) if t in self._eos_ids), len(row))
-                    text = self.tokenizer.decode(row[:count], skip_special_tokens=True)
+                    text = self.tokenizer.decode(row, skip_special_tokens=True)
                     texts.append(truncate_at_stop(text, stop)[0])
-                    counts.append(count)
+                    counts.append(len(row))
                 results[i] = Generation(texts=texts, prompt_tokens=len(encoded[i]), completion_tokens=counts)
         return results  # type: ignore[return-value]
+
+    def _decode(self, rows: list[list[int]], adapters: list[str | None], seeds: list[int], max_new_tokens: int,
+                temperature: float, top_p: float, stop: Sequence[str] | None) -> list[list[int]]:
+        """Batched decoding with a KV cache; finished rows leave the batch (their cache rows are dropped).
+
+        Our own loop rather than ``model.generate`` because (1) ``generate`` keeps computing rows that already
+        hit EOS, which on CPU costs as much as live rows; (2) per-row generators make sampling independent of
+        batch composition. Greedy decoding picks the argmax exactly as ``generate(do_sample=False)`` does; sampling
+        is temperature → top-p (nucleus) → multinomial, as in HF's ``TopPLogitsWarper``.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        ids, mask = self._pad(rows, side="left")
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        live = list(range(len(rows)))  # original row index of each batch row
+        out: list[list[int]] = [[] for _ in rows]
+        gens = [torch.Generator().manual_seed(s) for s in seeds] if temperature > 0 else []
+        cache = DynamicCache(config=self.model.config)
+        inputs = ids
+        with torch.inference_mode():
+            for step in range(max_new_tokens):
+                logits = self.model(input_ids=inputs, attention_mask=mask, position_ids=position_ids,
+                                    past_key_values=cache, use_cache=True, logits_to_keep=1,
+                                    **self._adapter_kwargs([adapters[r] for r in live])).logits[:, -1].float()
+                if temperature > 0:
+                    nxt = torch.stack([_sample(logits[k], temperature, top_p, gens[r]) for k, r in enumerate(live)])
+                else:
+                    nxt = logits.argmax(-1)
+                keep = []
+                for k, (r, tok) in enumerate(zip(live, nxt.tolist(), strict=True)):
+                    out[r].append(tok)
+                    done = tok in self._eos_ids or (
+                        stop and any(s in self.tokenizer.decode(out[r][-16:], skip_special_tokens=True) for s in stop))
+                    if not done:
+                        keep.append(k)
+                if not keep or step == max_new_tokens - 1:
+                    break
+                if len(keep) < len(live):  # drop finished rows from every tensor and the KV cache
+                    idx = torch.tensor(keep, device=ids.device)
+                    cache.batch_select_indices(idx)
+                    mask, position_ids, nxt = mask[idx], position_ids[idx], nxt[idx]
+                    live = [live[k] for k in keep]
+                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+                position_ids = position_ids[:, -1:] + 1
+                inputs = nxt[:, None]
+        return out
 
     def _variant_ids(self, choices: Sequence[str]) -> list[list[list[int]]]:
         """Token-id sequences per choice (deduplicated); two choices sharing a sequence is an error."""

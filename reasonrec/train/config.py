@@ -151,6 +151,9 @@ class SDPOConfig(_TrainerConfig):
         prompt_column (`str`, defaults to `"prompt"`), chosen_column (`str`, defaults to `"chosen"`): strings.
         rejected_column (`str`, defaults to `"rejected"`): a list of K ≥ 1 strings (a single string is K = 1).
         chat_template (`bool`, defaults to `True`): as in :class:`SFTConfig`.
+        share_prompt (`bool`, defaults to `True`): run each prompt once and reuse its KV cache for its 1 + K
+            completions (same result; ≈ (1 + K)× less compute when prompts dominate). ``False`` = one full
+            sequence per completion, as trl's DPO trainer.
     """
 
     beta: float = Field(0.1, gt=0)
@@ -158,6 +161,7 @@ class SDPOConfig(_TrainerConfig):
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
     chat_template: bool = True
+    share_prompt: bool = True
 
 
 class GRPOConfig(_TrainerConfig):

@@ -1,0 +1,153 @@
+"""The shared CTR model config and base class: ID embeddings, history representation, knowledge fields.
+
+Every backbone sees the same feature fields (B = batch, D = ``embedding_dim``, L = history length):
+
+- ``user``: user-id embedding;   ``item``: target item-id embedding;   ``cats``: mean of the item's category
+  embeddings;   one field per demographic column present (gender, age, occupation);
+- ``history`` (non-sequence models only): masked mean of the history items' embeddings (plus the rating-level
+  embedding as side information, so liked and disliked history items differ);
+- one field per knowledge vector, mapped by a connector (``reasonrec.rec.connectors``) to D — the text-vector
+  field "interacts like any other field" (KAR Sec. 3.3, R4ec Eq. 12, TrackRec Sec. 3.4).
+
+Sequence models (DIN, DIEN, GRU4Rec) replace the ``history`` field by their own sequence encoder over item
+representations ``[item_emb ; mean cat_emb]`` (2D), as DIN concatenates goods and category embeddings.
+
+A model owns no optimizer and never moves itself to a device; ``forward(batch)`` returns ``{"logit": (B,)}``
+(DIEN also ``"aux_loss"`` while training).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ...config import Section
+from ..connectors import CONNECTORS
+from ..features import FeatureMap
+from ..layers import masked_mean
+
+
+class CTRModelConfig(Section):
+    """Hyper-parameters of every CTR backbone (unused fields are ignored by models that do not need them).
+
+    Shared:
+        embedding_dim: D of every ID and knowledge field; default 32 (CoLLM/KAR setting for the CTR backbones).
+        mlp_hidden: hidden sizes of the final MLP; default (200, 80) as in DIN (Zhou et al. 2018, Sec. 6.3) and DIEN.
+        dropout: dropout in MLPs; default 0.0.
+        init_std: std of the normal init of embeddings; default 1e-4 (FuxiCTR / torch-rechub default).
+    Knowledge:
+        connector: ``mlp`` (R4ec/TrackRec), ``moe`` or ``hybrid`` (KAR hybrid-expert adaptor); default ``mlp``.
+        connector_hidden: hidden sizes inside connector MLPs / experts; default (128,).
+        n_experts: experts per field (``moe``) or specific experts per field (``hybrid``); default 4.
+        n_shared: shared experts (``hybrid``); default 2.
+    DIN / DIEN / GRU4Rec:
+        attention_hidden: DIN activation-unit MLP; default (80, 40) (DIN paper, Fig. 2).
+        seq_activation: activation of DIN/DIEN MLPs; default ``dice`` (DIN Sec. 4.3).
+        dien_aux_weight: weight α of DIEN's auxiliary loss (DIEN Eq. 8); default 1.0 (paper).
+    AutoInt:
+        autoint_layers: 3; autoint_heads: 2; autoint_head_dim: 32 (AutoInt Sec. 5.1: d' = 32, 2 heads, 3 layers).
+        autoint_dnn: add the parallel MLP of AutoInt+; default False.
+    DCN:
+        cross_layers: 3; dcn_version: ``v1`` (Wang et al. 2017) or ``v2`` (DCN-V2, Wang et al. 2021).
+    FiGNN:
+        fignn_steps: 3 (FiGNN Sec. 4.1.3 finds 2-3 steps best).
+    FiBiNET:
+        bilinear: ``field_interaction`` (paper's best), ``field_each`` or ``field_all``; senet_reduction: 3.
+    """
+
+    embedding_dim: int = Field(32, ge=1)
+    mlp_hidden: tuple[int, ...] = (200, 80)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init_std: float = Field(1e-4, gt=0.0)
+    connector: Literal["mlp", "moe", "hybrid"] = "mlp"
+    connector_hidden: tuple[int, ...] = (128,)
+    n_experts: int = Field(4, ge=1)
+    n_shared: int = Field(2, ge=1)
+    attention_hidden: tuple[int, ...] = (80, 40)
+    seq_activation: Literal["dice", "prelu", "relu"] = "dice"
+    dien_aux_weight: float = Field(1.0, ge=0.0)
+    autoint_layers: int = Field(3, ge=1)
+    autoint_heads: int = Field(2, ge=1)
+    autoint_head_dim: int = Field(32, ge=1)
+    autoint_dnn: bool = False
+    cross_layers: int = Field(3, ge=1)
+    dcn_version: Literal["v1", "v2"] = "v1"
+    fignn_steps: int = Field(3, ge=1)
+    bilinear: Literal["field_interaction", "field_each", "field_all"] = "field_interaction"
+    senet_reduction: int = Field(3, ge=1)
+
+
+class CTRBase(nn.Module):
+    """Embeddings and field assembly shared by every backbone; subclasses define ``forward``."""
+
+    history_field: bool = True  # non-sequence models pool the history into one field
+
+    def __init__(self, fmap: FeatureMap, cfg: CTRModelConfig | None = None):
+        super().__init__()
+        cfg = cfg or CTRModelConfig()
+        self.fmap, self.cfg = fmap, cfg
+        d = cfg.embedding_dim
+        self.user_emb = nn.Embedding(fmap.n_users + 1, d, padding_idx=0)
+        self.item_emb = nn.Embedding(fmap.n_items + 1, d, padding_idx=0)
+        self.cat_emb = nn.Embedding(fmap.n_categories, d, padding_idx=0)
+        self.user_field_emb = nn.ModuleList([nn.Embedding(v, d, padding_idx=0) for v in fmap.user_fields.values()])
+        self.rating_emb = nn.Embedding(fmap.rating_levels, d) if fmap.rating_levels else None
+        self.connector = None
+        if fmap.knowledge:
+            self.connector = CONNECTORS[cfg.connector](
+                [f.dim for f in fmap.knowledge], d, hidden=cfg.connector_hidden, dropout=cfg.dropout,
+                n_experts=cfg.n_experts, n_shared=cfg.n_shared)
+        for emb in self._embeddings():
+            nn.init.normal_(emb.weight, std=cfg.init_std)
+            if emb.padding_idx is not None:
+                with torch.no_grad():
+                    emb.weight[emb.padding_idx].zero_()
+
+    def _embeddings(self) -> list[nn.Embedding]:
+        return [m for m in self.modules() if isinstance(m, nn.Embedding)]
+
+    @property
+    def n_fields(self) -> int:
+        """F: user, item, cats, demographics, (history), knowledge fields."""
+        return 3 + len(self.fmap.user_fields) + int(self.history_field) + len(self.fmap.knowledge)
+
+    @property
+    def item_dim(self) -> int:
+        """Size of an item representation [item_emb ; mean cat_emb] used by sequence models."""
+        return 2 * self.cfg.embedding_dim
+
+    def cats_repr(self, cats: torch.Tensor) -> torch.Tensor:
+        # cats (..., C) -> (..., D): mean over the item's non-padding categories
+        return masked_mean(self.cat_emb(cats), cats > 0, dim=-2)
+
+    def item_repr(self, item_ids: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.item_emb(item_ids), self.cats_repr(cats)], dim=-1)  # (..., 2D)
+
+    def hist_item_emb(self, batch: dict) -> torch.Tensor:
+        e = self.item_emb(batch["hist_item_ids"])  # (B, L, D)
+        if self.rating_emb is not None:
+            e = e + self.rating_emb(batch["hist_ratings"]) * batch["hist_mask"].unsqueeze(-1)
+        return e
+
+    def hist_repr(self, batch: dict) -> torch.Tensor:
+        """(B, L, 2D) history item representations with rating side information on the item part."""
+        return torch.cat([self.hist_item_emb(batch), self.cats_repr(batch["hist_cats"])], dim=-1)
+
+    def knowledge_fields(self, batch: dict) -> torch.Tensor | None:
+        if self.connector is None:
+            return None
+        return self.connector([batch["knowledge"][f.name] for f in self.fmap.knowledge])  # (B, k, D)
+
+    def fields(self, batch: dict) -> torch.Tensor:
+        """(B, F, D) stacked field embeddings (history field only if ``history_field``)."""
+        out = [self.user_emb(batch["user_id"]), self.item_emb(batch["item_id"]), self.cats_repr(batch["item_cats"])]
+        feats = batch["user_feats"]
+        out += [emb(feats[:, i]) for i, emb in enumerate(self.user_field_emb)]
+        if self.history_field:
+            out.append(masked_mean(self.hist_item_emb(batch), batch["hist_mask"], dim=1))
+        x = torch.stack(out, dim=1)
+        k = self.knowledge_fields(batch)
+        return x if k is None else torch.cat([x, k], dim=1)
