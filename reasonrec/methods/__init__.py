@@ -25,9 +25,16 @@ def _rec() -> ModuleType:
     return rec_experiment
 
 
+def _r4ec() -> ModuleType:
+    from . import r4ec
+
+    return r4ec
+
+
 # name → loader; modules import torch and friends, so they load only when chosen.
 METHODS = {
     "rec": _rec,
+    "r4ec": _r4ec,
 }
 
 

@@ -131,7 +131,49 @@ def prepare_splits(data: DataSection, run: RunDir, subset=None) -> KnowledgeCont
     return KnowledgeContext(tables, splits, threshold, seed=data.seed, **kw)
 
 
-def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str, dict | None], rec, out_dir) -> dict:
-    """Train every backbone of ``rec.backbones`` once per knowledge variant and seed on the same samples;
-    returns ``{backbone: {variant: metrics averaged over seeds}}``."""
-    raise NotImplementedError  # filled in once the CTR trainer API lands
+def holdout_last(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split each user's chronologically last ``fraction`` of train samples off as validation (for protocols
+    without a validation split, e.g. ``kar``); early stopping must never look at test."""
+    if fraction <= 0:
+        return train, train.iloc[:0]
+    ordered = train.sort_values(["user_id", "timestamp"], kind="stable")
+    rank = ordered.groupby("user_id").cumcount()
+    size = ordered.groupby("user_id")["user_id"].transform("size")
+    is_valid = rank >= np.ceil(size * (1 - fraction))
+    return ordered[~is_valid].reset_index(drop=True), ordered[is_valid].reset_index(drop=True)
+
+
+def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str, dict | None], rec,
+                              progress: bool = False) -> dict:
+    """Eq. 12: train every backbone of ``rec.backbones`` once per knowledge variant and seed on the same
+    samples. A variant is ``None`` (no knowledge) or ``{"user": table, "item": table}`` of vectors indexed by
+    id (row 0 = padding), fed through the backbone's connectors. Returns
+    ``{backbone: {variant: {"auc", "logloss", "uauc", "acc" (means over seeds), "runs": [...]}}}``."""
+    import torch
+
+    from ..rec.ctr import build_ctr_model
+    from ..rec.features import FeatureBuilder, KnowledgeInput
+    from ..rec.trainer import CTRTrainConfig, train_ctr
+
+    if splits.valid is not None and len(splits.valid):
+        train, valid = splits.train, splits.valid
+    else:
+        train, valid = holdout_last(splits.train, rec.valid_fraction)
+    results: dict[str, dict[str, Any]] = {b: {} for b in rec.backbones}
+    for variant, vectors in variants.items():
+        knowledge = [] if vectors is None else [KnowledgeInput("user_knowledge", "user_id", vectors["user"]),
+                                                KnowledgeInput("item_knowledge", "item_id", vectors["item"])]
+        fb = FeatureBuilder(tables.items, tables.users, history_len=rec.history_len, knowledge=knowledge)
+        enc = {name: fb.encode(df, where=f"{variant}/{name}") for name, df in
+               (("train", train), ("valid", valid), ("test", splits.test))}
+        for backbone in rec.backbones:
+            runs = []
+            for seed in rec.seeds:
+                torch.manual_seed(seed)
+                model = build_ctr_model(backbone, fb.feature_map)
+                cfg = CTRTrainConfig(seed=seed, epochs=rec.epochs, batch_size=rec.batch_size, progress=progress)
+                m = train_ctr(model, enc["train"], enc["valid"], cfg, test=enc["test"])
+                runs.append({k: m[k] for k in ("auc", "logloss", "uauc", "acc", "valid/auc", "best_epoch")})
+            mean = {k: float(np.mean([r[k] for r in runs])) for k in ("auc", "logloss", "uauc", "acc")}
+            results[backbone][variant] = {**mean, "runs": runs}
+    return results

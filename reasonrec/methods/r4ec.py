@@ -31,7 +31,7 @@ from ..config import DataSection, Section
 from ..llm.base import LLMSection
 from ..runs import RunDir
 from . import r4ec_steps as steps
-from .common import entity_fields, prepare_splits, train_knowledge_backbones
+from .common import prepare_splits, train_knowledge_backbones
 
 VARIANTS = ("base", "system1", "refine", "filter")
 
@@ -100,14 +100,16 @@ class RecSection(Section):
         epochs, batch_size: CTR training.
         valid_fraction: the last share of each user's train samples held out for early stopping (kar has no
             validation split).
+        history_len: history items the backbones read (KAR ``ctr_hist_len`` = 10).
     """
 
-    backbones: list[str] = Field(default_factory=lambda: ["din", "dcn", "autoint", "gru4rec"])
+    backbones: list[str] = Field(default_factory=lambda: ["din", "dcn", "autoint", "gru4rec_ctr"])
     encoder: str = "minilm"
     seeds: list[int] = Field(default_factory=lambda: [0])
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
+    history_len: int = Field(10, ge=1)
 
 
 class Config(Section):
@@ -252,7 +254,7 @@ def stage_rec(cfg: Config, run: RunDir, ctx, knowledge: dict) -> dict:
     if st.done:
         return json.loads((st.path / "results.json").read_text())
     variants = {"base": None, **knowledge}
-    results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec, st.path)
+    results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec)
     io.write_json(st.path / "results.json", results)
     st.complete(["results.json"])
     return results
