@@ -177,3 +177,29 @@ def test_ml1m_published_numbers(ml1m_dir):
     s = make_splits(t, "starec").stats()
     assert (s["test_users"], s["test_interactions"]) == (1_000, 40_000)
     assert (s["train_users"], s["train_interactions"]) == (1_000, 40_000)
+
+
+def test_collm_ml1m_month_boundaries_follow_the_notebook(shared_data, tmp_path, monkeypatch):
+    """CoLLM's slots 14-23 / 24-28 / 29-33 from 2000-04 (UTC): check each edge with a hand-made ratings.dat."""
+    import shutil
+
+    monkeypatch.setenv("REASONREC_CACHE_DIR", str(tmp_path / "cache"))
+    d = tmp_path / "ml-1m"
+    d.mkdir()
+    for f in ("movies.dat", "users.dat"):
+        shutil.copy(shared_data / "ml-1m" / f, d)
+
+    def ts(s):
+        return int(pd.Timestamp(s, tz="UTC").timestamp())
+
+    events = [("2000-04-25 23:05:32", None), ("2001-05-31 23:59:59", None), ("2001-06-01 00:00:00", "train"),
+              ("2002-03-31 23:59:59", "train"), ("2002-04-01 00:00:00", "valid"), ("2002-08-31 23:59:59", "valid"),
+              ("2002-09-01 00:00:00", "test"), ("2003-01-31 23:59:59", "test"), ("2003-02-28 17:49:50", None)]
+    lines = [f"1::{i + 1}::{4 if i % 2 else 2}::{ts(t)}" for i, (t, _) in enumerate(events)]
+    (d / "ratings.dat").write_text("\n".join(lines) + "\n")
+    sp = make_splits(load_tables("ml-1m", tmp_path, cache=False), "collm")
+    got = {name: sorted(getattr(sp, name)["timestamp"].tolist()) for name in ("train", "valid", "test")}
+    for name in ("train", "valid", "test"):
+        assert got[name] == sorted(ts(t) for t, s in events if s == name)
+    # every earlier in-window interaction (likes and dislikes) is history, none from outside the window
+    assert len(sp.test["hist_item_ids"].iloc[-1]) == 5

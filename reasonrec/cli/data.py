@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,11 +17,11 @@ app = typer.Typer(no_args_is_help=True)
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="ml-100k, ml-1m, amazon or yelp.")]
 ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="collm, kar, starec or tallrec.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", envvar="REASONREC_DATA_DIR",
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", envvar="REASONREC_DATA_DIR",
                                                     help="Folder with the raw dataset files.")]
-CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="Amazon category, e.g. Books, Gift_Cards.")]
+CategoryOpt = Annotated[str | None, typer.Option("--category", help="Amazon category, e.g. Books, Gift_Cards.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice of the protocol.")]
-OptionOpt = Annotated[Optional[list[str]], typer.Option(
+OptionOpt = Annotated[list[str] | None, typer.Option(
     "--option", "-o", help="Protocol option KEY=VALUE (YAML value), repeatable, e.g. -o history_len=20.")]
 
 
@@ -71,11 +71,11 @@ def prepare(dataset: DatasetOpt, protocol: ProtocolOpt,
 
 @app.command()
 def fetch(name: Annotated[str, typer.Argument(help="ml-100k, ml-1m or amazon (with --category).")],
-          dest: Annotated[Optional[Path], typer.Option("--dest", envvar="REASONREC_DATA_DIR",
+          dest: Annotated[Path | None, typer.Option("--dest", envvar="REASONREC_DATA_DIR",
                                                        help="Data folder to download into.")] = None,
           category: CategoryOpt = None,
-          url: Annotated[Optional[str], typer.Option("--url", help="Mirror URL instead of the official one.")] = None,
-          sha256: Annotated[Optional[str], typer.Option("--sha256", help="Expected sha256 of the download.")] = None,
+          url: Annotated[str | None, typer.Option("--url", help="Mirror URL instead of the official one.")] = None,
+          sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the download.")] = None,
           ) -> None:
     """Download a dataset from its official URL and verify its checksums."""
     from ..data import fetch as do_fetch

@@ -25,7 +25,8 @@ pointwise (``collm``, ``kar``, ``tallrec``)
     warm (bool; ``collm`` only: user and item both seen in train)
 ranking (``starec``)
     user_id, item_id (the held-out positive), timestamp, hist_item_ids, hist_ratings, hist_labels,
-    candidate_ids (list<int64>: the positive and the negatives, shuffled), draw (int: negative-draw index)
+    candidate_ids (list<int64>: the positive and the negatives, shuffled), draw (int: negative-draw index),
+    and the target's rating and label
 
 Every history holds only interactions strictly before the sample's timestamp (ties broken by the original
 order in the raw file), so no sample can see its own label.

