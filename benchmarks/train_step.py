@@ -98,13 +98,17 @@ def run_one(kind: str, steps: int, data_dir: str | None) -> dict:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     times: list[float] = []
+    cpu: list[float] = []
 
     class Clock(TrainerCallback):
+        # Wall time and process CPU time (all threads): on a shared machine the CPU seconds are the steadier figure;
+        # uncontended wall time ≈ CPU seconds / threads.
         def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t)
+            cpu.append(time.process_time() - self.c)
 
     with tempfile.TemporaryDirectory() as tmp:
         builder, cfg, df = build(kind, Path(tmp), steps, data_dir)
@@ -115,6 +119,7 @@ def run_one(kind: str, steps: int, data_dir: str | None) -> dict:
         trainer.train()
     return {"trainer": kind, "first_step_s": round(times[0], 2),
             "median_step_s": round(statistics.median(times[1:] or times), 2), "steps": len(times),
+            "median_step_cpu_s": round(statistics.median(cpu[1:] or cpu), 2), "threads": torch.get_num_threads(),
             "batch_shape": width, "batch_tokens": tokens,
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
 
@@ -146,10 +151,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     if not rows:
         return
-    base = next((r["median_step_s"] for r in rows if r["trainer"] == "sft"), rows[0]["median_step_s"])
-    print(f"\n{'trainer':8} {'s/step':>8} {'×sft':>6} {'first':>7} {'batch (rows, T)':>16} {'tokens':>7} {'peak GiB':>9}")
+    base_cpu = next((r["median_step_cpu_s"] for r in rows if r["trainer"] == "sft"), rows[0]["median_step_cpu_s"])
+    print(f"\n{'trainer':8} {'wall s/step':>11} {'cpu s/step':>10} {'cpu ×sft':>8} {'first wall':>10} "
+          f"{'batch (rows, T)':>16} {'tokens':>7} {'peak GiB':>9}")
     for r in rows:
-        print(f"{r['trainer']:8} {r['median_step_s']:8.2f} {r['median_step_s'] / base:6.2f} {r['first_step_s']:7.2f} "
+        print(f"{r['trainer']:8} {r['median_step_s']:11.2f} {r['median_step_cpu_s']:10.2f} "
+              f"{r['median_step_cpu_s'] / base_cpu:8.2f} {r['first_step_s']:10.2f} "
               f"{str(r['batch_shape']):>16} {str(r['batch_tokens']):>7} {r['peak_rss_gib']:9.2f}")
     print(f"\ncpu threads: {os.cpu_count()} (shared with other jobs; figures are upper bounds)")
 

@@ -100,7 +100,9 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def stage(self, name: str) -> Stage:
-        return Stage(self.root / name, name)
+        st = Stage(self.root / name, name)
+        st.path.mkdir(parents=True, exist_ok=True)
+        return st
 
     def write_config(self, cfg) -> None:
         from .config import dump_yaml

@@ -19,10 +19,11 @@ def synth_world(n_users: int = 60, n_items: int = 40, n_samples: int = 1500, his
         "categories": [genres[item_genre[i]] + ("|Drama" if i % 5 == 0 else "") for i in range(1, n_items + 1)],
         "description": "", "brand": "", "year": pd.array([1990 + i % 10 for i in range(n_items)], dtype="Int64"),
     })
-    fav = rng.integers(0, len(genres), n_users + 1)
+    gender = rng.choice(["M", "F"], n_users + 1)
+    fav = np.where(gender == "M", 0, 1)  # the favourite genre follows a demographic field: learnable from little data
     users = pd.DataFrame({
         "user_id": np.arange(1, n_users + 1), "raw_user_id": [str(u) for u in range(1, n_users + 1)],
-        "gender": rng.choice(["M", "F"], n_users), "age": pd.array(rng.integers(18, 60, n_users), dtype="Int64"),
+        "gender": gender[1:], "age": pd.array(rng.integers(18, 60, n_users), dtype="Int64"),
         "occupation": rng.choice(["a", "b", "c"], n_users), "zip": "00000",
     })
     u = rng.integers(1, n_users + 1, n_samples)

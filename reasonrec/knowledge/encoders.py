@@ -36,7 +36,8 @@ class TextEncoder:
             from sentence_transformers import SentenceTransformer
 
             self._st = SentenceTransformer(str(self.path), device=device)
-            self.dim = int(self._st.get_sentence_embedding_dimension())
+            get_dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
+            self.dim = int(get_dim())
         else:
             from transformers import AutoModel, AutoTokenizer
 

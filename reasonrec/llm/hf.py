@@ -230,13 +230,14 @@ class TransformersLLM:
                 mask[i, :len(r)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _logits(self, ids, mask, adapters: list[str | None]):
-        """Forward pass → logits (B, T, V); position ids follow the mask so padding never shifts a row."""
+    def _logits(self, ids, mask, adapters: list[str | None], keep: int = 0):
+        """Forward pass → logits (B, keep or T, V) of the last ``keep`` positions (0 = all); position ids follow
+        the mask so padding never shifts a row."""
         import torch
 
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep,
                              **self._adapter_kwargs(adapters))
         return out.logits.float()
 
@@ -350,7 +351,7 @@ class TransformersLLM:
             # Fast path: every variant is one token, so one forward pass per batch reads all of them.
             for batch in self._batches([len(e) for e in encoded]):
                 ids, mask = self._pad([encoded[i] for i in batch], side="left")
-                logps = torch.log_softmax(self._logits(ids, mask, [adapters[i] for i in batch])[:, -1], -1)
+                logps = torch.log_softmax(self._logits(ids, mask, [adapters[i] for i in batch], keep=1)[:, -1], -1)
                 for c, seqs in enumerate(variants):
                     tok = [s[0] for s in seqs]
                     mass[batch, c] = logps[:, tok].exp().sum(-1).cpu().numpy()
@@ -370,13 +371,17 @@ class TransformersLLM:
         rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
         out: list[tuple[float, list[float]] | None] = [None] * len(rows)
         for batch in self._batches([len(r) for r in rows]):
-            ids, mask = self._pad([rows[i] for i in batch], side="right")
-            logits = self._logits(ids, mask, [adapters[i] for i in batch])
-            # The token at position t is predicted by the logits at t-1.
-            logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+            # Left padding puts every completion at the end of its row, so only the last K positions need logits
+            # (a full (B, T, V) tensor is ~1 GB for 16 rows of 300 tokens with a 49k vocabulary).
+            ids, mask = self._pad([rows[i] for i in batch], side="left")
+            k = max(len(completion_ids[i]) for i in batch) + 1
+            logits = self._logits(ids, mask, [adapters[i] for i in batch], keep=k)  # (B, K, V)
             for j, i in enumerate(batch):
-                start, end = len(prompt_ids[i]), len(rows[i])
-                token_logps = logps[j, start - 1:end - 1].tolist()
+                comp = completion_ids[i]
+                # The token at position t is predicted by the logits at t-1.
+                rows_logits = logits[j, k - 1 - len(comp):k - 1]  # (L, V)
+                target = torch.tensor(comp, device=rows_logits.device)[:, None]
+                token_logps = torch.log_softmax(rows_logits, -1).gather(-1, target)[:, 0].tolist()
                 out[i] = (float(sum(token_logps)), token_logps)
         return out  # type: ignore[return-value]
 

@@ -151,9 +151,13 @@ def sample_fields(sample: Mapping[str, Any], items: Any, users: Any = None, like
         items = {int(r["item_id"]): r for r in items.to_dict("records")}
     if users is not None and not isinstance(users, Mapping):
         users = {int(r["user_id"]): r for r in users.to_dict("records")}
-    hist_ids = list(sample.get("hist_item_ids", []) or [])
-    ratings = list(sample.get("hist_ratings", []) or [None] * len(hist_ids))
-    labels = list(sample.get("hist_labels", []) or [None] * len(hist_ids))
+    def as_list(key: str) -> list:  # Parquet round-trips give numpy arrays, whose truth value is ambiguous
+        value = sample.get(key)
+        return [] if value is None else list(value)
+
+    hist_ids = as_list("hist_item_ids")
+    ratings = as_list("hist_ratings") or [None] * len(hist_ids)
+    labels = as_list("hist_labels") or [None] * len(hist_ids)
     if max_history:
         hist_ids, ratings, labels = hist_ids[-max_history:], ratings[-max_history:], labels[-max_history:]
     history = []

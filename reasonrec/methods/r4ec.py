@@ -219,24 +219,27 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
 def stage_encode(cfg: Config, run: RunDir, ctx) -> dict[str, dict[str, np.ndarray]]:
     """Eq. 11: encode the final texts; the filter variant averages the kept samples' vectors (all of them when
     none is kept). Returns ``{variant: {"user": table, "item": table}}`` indexed by id (row 0 = padding)."""
-    from ..knowledge import encode_texts
+    from ..knowledge import load_encoder
 
     st = run.stage("encode")
     if not st.done:
+        encoder = load_encoder(cfg.rec.encoder)
         for side in ("user", "item"):
             df = pd.read_parquet(run.stage("infer").path / f"{side}.parquet")
             size = ctx.n_entities(side) + 1
             vecs = {}
             for variant in ("system1", "refine"):
-                emb = encode_texts(df[variant].tolist(), cfg.rec.encoder)
+                emb = encoder.encode(df[variant].tolist())
                 vecs[variant] = _table(size, df["entity_id"], emb)
             flat = [t for row in df["filter_samples"] for t in row]
-            emb = encode_texts(flat, cfg.rec.encoder).reshape(len(df), -1, vecs["refine"].shape[1])
+            emb = encoder.encode(flat).reshape(len(df), -1, vecs["refine"].shape[1])
             keep = np.array([list(k) for k in df["filter_keep"]], dtype=bool)
             keep[~keep.any(axis=1)] = True  # §3.5: none kept → average all
             pooled = (emb * keep[..., None]).sum(1) / keep.sum(1, keepdims=True)
             vecs["filter"] = _table(size, df["entity_id"], pooled)
-            np.savez(st.path / f"{side}.npz", **vecs)
+            with io.atomic_path(st.path / f"{side}.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, **vecs)
         st.complete(["user.npz", "item.npz"])
     loaded = {side: np.load(st.path / f"{side}.npz") for side in ("user", "item")}
     return {v: {side: loaded[side][v] for side in ("user", "item")} for v in ("system1", "refine", "filter")}

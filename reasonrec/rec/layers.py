@@ -233,8 +233,12 @@ class SENet(nn.Module):
 
     def __init__(self, n_fields: int, reduction: int = 3):
         super().__init__()
-        mid = max(1, n_fields // reduction)
+        mid = max(2, n_fields // reduction)
         self.fc = nn.Sequential(nn.Linear(n_fields, mid), nn.ReLU(), nn.Linear(mid, n_fields), nn.ReLU())
+        # Why: field means are ~0 at init (small embeddings), so the first layer's output is its bias; a
+        # negative bias would leave every hidden ReLU dead and the excitation untrainable.
+        nn.init.constant_(self.fc[0].bias, 0.1)
+        nn.init.constant_(self.fc[2].bias, 1.0)  # start from weights ≈ 1 (identity re-weighting)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.fc(x.mean(-1))  # (B, F)

@@ -60,6 +60,9 @@ class TrainData:
         user_last_hist: int64 [n_users, L], each user's most recent history seen in training (sequence models'
             user embeddings).
         item_pool: the item ids negatives are drawn from.
+        seq_users, seq_inputs, seq_targets: implicit mode, for sequence models: windows of each user's sequence,
+            int64 [S, L] left-padded, target[t] = the item after input[t] (0 = no target). SASRec-style
+            all-position training sees the same (prefix → next item) pairs as the per-row examples, L× cheaper.
     """
 
     mode: str
@@ -71,6 +74,21 @@ class TrainData:
     hist: np.ndarray
     user_last_hist: np.ndarray
     item_pool: np.ndarray
+    seq_users: np.ndarray | None = None
+    seq_inputs: np.ndarray | None = None
+    seq_targets: np.ndarray | None = None
+
+
+def _windows(seqs: dict[int, np.ndarray], max_len: int):
+    """Cut each sequence into input/target windows of ``max_len`` from the end (long ``full`` sequences give several)."""
+    us, ins, tgs = [], [], []
+    for u, s in seqs.items():
+        for end in range(len(s), 1, -max_len):
+            chunk = s[max(0, end - max_len - 1):end]
+            us.append(u)
+            ins.append(chunk[:-1])
+            tgs.append(chunk[1:])
+    return np.asarray(us, dtype=np.int64), pad_histories(ins, max_len), pad_histories(tgs, max_len)
 
 
 @dataclass
@@ -166,5 +184,6 @@ def build_train_data(splits, tables, max_len: int, full: bool = False) -> TrainD
     last = np.zeros((n_users, max_len), dtype=np.int64)
     for u, s in seqs.items():
         last[u] = pad_histories([s], max_len)[0]
+    su, si, st = _windows(seqs, max_len)
     return TrainData("implicit", n_users, n_items, users_a, items_a, np.ones(len(users_a), dtype=np.float32),
-                     hist_a, last, np.unique(items_a))
+                     hist_a, last, np.unique(items_a), su, si, st)

@@ -52,19 +52,37 @@ class Pop(nn.Module):
 
 
 class MF(nn.Module):
-    """Matrix factorisation: logit(u, i) = p_u · q_i (no biases, as ThinkRec/CoLLM's ``MatrixFactorization``).
+    """Matrix factorisation: logit(u, i) = p_u · q_i + b_u + b_i + b (biases optional).
 
-    Trained with BCE on labels (``mf``) or with the BPR loss (Rendle et al., UAI 2009) (``bpr``).
-    Reference: zyang1580/CoLLM ``minigpt4/models/rec_model.py`` (``MatrixFactorization``).
-    Init N(0, 0.1²) (DEVIATION: CoLLM uses N(0, 1e-4)-scale normal init; larger init trains faster on CPU).
+    Trained with BCE on labels (``mf``) or with the BPR loss (Rendle et al., UAI 2009) (``bpr``; b_u and b cancel
+    there, b_i stays, as in cornac's BPR). Reference: zyang1580/CoLLM ``minigpt4/models/rec_model.py``
+    (``MatrixFactorization``, a plain dot product). DEVIATION: biases on by default — on ML-100K ``collm`` most
+    test users are cold (first seen in the test month) and the item bias is what scores them; ``bias=False``
+    gives CoLLM's model. Init N(0, 0.1²) (CoLLM: smaller normal init; larger trains faster on CPU).
+    Users / items absent from training keep zero vectors (``zero_unseen``), i.e. the item/user-neutral fallback
+    cornac uses, instead of an untrained random vector.
     """
 
-    def __init__(self, n_users: int, n_items: int, dim: int = 64):
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, bias: bool = True):
         super().__init__()
         self.user = nn.Embedding(n_users, dim)
         self.item = nn.Embedding(n_items, dim)
         nn.init.normal_(self.user.weight, std=0.1)
         nn.init.normal_(self.item.weight, std=0.1)
+        self.bias = bias
+        if bias:
+            self.user_bias = nn.Embedding(n_users, 1)
+            self.item_bias = nn.Embedding(n_items, 1)
+            self.global_bias = nn.Parameter(torch.zeros(1))
+            nn.init.zeros_(self.user_bias.weight)
+            nn.init.zeros_(self.item_bias.weight)
+
+    @torch.no_grad()
+    def zero_unseen(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+        for table, seen in ((self.user, user_ids), (self.item, item_ids)):
+            mask = torch.ones(table.num_embeddings, dtype=torch.bool)
+            mask[torch.as_tensor(np.unique(seen))] = False
+            table.weight[mask] = 0.0
 
     def user_emb(self, user_ids, hist):
         return self.user(user_ids)
@@ -73,7 +91,10 @@ class MF(nn.Module):
         return self.item.weight
 
     def logits(self, user_ids, hist, item_ids):
-        return torch.einsum("bd,bcd->bc", self.user(user_ids), self.item(item_ids))
+        s = torch.einsum("bd,bcd->bc", self.user(user_ids), self.item(item_ids))
+        if self.bias:
+            s = s + self.user_bias(user_ids) + self.item_bias(item_ids)[..., 0] + self.global_bias
+        return s
 
 
 class LightGCN(nn.Module):
@@ -90,6 +111,13 @@ class LightGCN(nn.Module):
         nn.init.normal_(self.emb.weight, std=0.1)
         self.adj: torch.Tensor | None = None
         self._cache: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def zero_unseen(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
+        mask = torch.ones(self.n_users + self.n_items, dtype=torch.bool)
+        mask[torch.as_tensor(np.unique(user_ids))] = False
+        mask[torch.as_tensor(np.unique(item_ids)) + self.n_users] = False
+        self.emb.weight[mask] = 0.0
 
     def set_graph(self, user_ids: np.ndarray, item_ids: np.ndarray) -> None:
         pairs = np.unique(np.stack([user_ids, item_ids]), axis=1)
@@ -152,14 +180,17 @@ class SASRec(nn.Module):
         nn.init.normal_(self.item.weight, std=0.1)
         self.register_buffer("causal", torch.triu(torch.ones(max_len, max_len, dtype=torch.bool), 1))
 
-    def user_emb(self, user_ids, hist):  # hist (B, L) → (B, d)
+    def states(self, hist):  # hist (B, L) → (B, L, d): output at every position (causal)
         b, length = hist.shape
         x = self.item(hist) * self.dim**0.5 + self.pos.weight[-length:]  # (B, L, d)
         pad = hist == 0
         pad[:, -1] = False
         x = self.drop(x) * (~pad).unsqueeze(-1)
         h = self.encoder(x, mask=self.causal[-length:, -length:], src_key_padding_mask=pad)
-        return self.norm(h[:, -1])
+        return self.norm(h)
+
+    def user_emb(self, user_ids, hist):  # (B, d): the state after the most recent item
+        return self.states(hist)[:, -1]
 
     def item_table(self):
         return self.item.weight
@@ -171,7 +202,8 @@ class SASRec(nn.Module):
 class GRU4Rec(nn.Module):
     """GRU4Rec (Hidasi et al., ICLR 2016): a GRU reads the history; logit = W h_L · e_i.
 
-    Reference: hidasib/GRU4Rec, RecBole ``gru4rec.py``. DEVIATION: trained on next-item prefixes with full
+    Reference: hidasib/GRU4Rec, RecBole ``gru4rec.py``. DEVIATION: trained on whole sequences (every position
+    predicts the next item, like SASRec) with full
     softmax cross-entropy over all items (as RecBole's ``CE`` loss and the authors' 2023 re-evaluation favour)
     instead of session-parallel mini-batches with BPR-max/TOP1; one GRU layer, hidden = d.
     """
@@ -184,11 +216,14 @@ class GRU4Rec(nn.Module):
         self.out = nn.Linear(dim, dim)
         nn.init.normal_(self.item.weight, std=0.1)
 
-    def user_emb(self, user_ids, hist):  # (B, L) left-padded → (B, d)
+    def states(self, hist):  # (B, L) left-padded → (B, L, d)
         # Left padding: zero embeddings run through the GRU first; packing would need right alignment. The GRU
         # learns to ignore the leading zeros (its input is exactly 0 there).
         h, _ = self.gru(self.drop(self.item(hist)))
-        return self.out(h[:, -1])
+        return self.out(h)
+
+    def user_emb(self, user_ids, hist):  # (B, d)
+        return self.states(hist)[:, -1]
 
     def item_table(self):
         return self.item.weight

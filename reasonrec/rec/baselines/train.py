@@ -10,7 +10,7 @@ Losses are plain functions of logits (shapes: B batch, K negatives):
 
 Training: Adam, early stopping on the validation metric (AUC for pointwise protocols, NDCG@10 on the candidate
 lists for starec), patience ``patience`` epochs, best weights restored. Negatives are drawn uniformly from the
-training items (DEVIATION: not rejected against the user's positives; with ~1.7k items a collision is rare).
+training items and re-drawn where the user has a training positive with that item.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class BaselineConfig(Section):
         max_len: history length the sequence models read; default 50 (starec sequences hold 40).
         lr: Adam learning rate; default 1e-3 (SASRec paper, LightGCN paper).
         weight_decay: Adam L2; default 0 for sequence models, 1e-5 for MF / LightGCN / BPR (ThinkRec grid 1e-5..1e-7).
-        batch_size: default 1024 (ThinkRec MF) for ID models, 256 for sequence models.
+        batch_size: default 1024 (ThinkRec MF) for ID models, 256 samples / 128 sequences (SASRec paper) for
+            sequence models in pointwise / implicit mode.
         epochs: maximum epochs; default 60. patience: epochs without validation gain before stopping; default 5.
         n_negatives: sampled negatives per positive in implicit mode; default 1 (BPR, SASRec), 32 for MF-BCE and
             gSASRec (paper uses 256 with much larger catalogues).
@@ -120,9 +121,10 @@ class BaselineRecommender:
     Fitted state ends in ``_``: ``model_``, ``history_`` (validation metric per epoch), ``best_epoch_``.
     """
 
-    def __init__(self, name: str, cfg: BaselineConfig | None = None):
+    def __init__(self, name: str, cfg: BaselineConfig | None = None, protocol_kind: str = "pointwise"):
         self.name = name
         self.cfg = cfg
+        self.protocol_kind = protocol_kind
 
     # -- set-up
     def _resolved(self) -> BaselineConfig:
@@ -136,7 +138,7 @@ class BaselineRecommender:
         if cfg.weight_decay is None:
             upd["weight_decay"] = 0.0 if seq else 1e-5
         if cfg.batch_size is None:
-            upd["batch_size"] = 256 if seq else 1024
+            upd["batch_size"] = (128 if self.protocol_kind == "ranking" else 256) if seq else 1024
         if cfg.n_negatives is None:
             upd["n_negatives"] = 32 if self.name in ("mf", "gsasrec") else 1
         return cfg.model_copy(update=upd)
@@ -168,7 +170,7 @@ class BaselineRecommender:
             return bce_loss(model.logits(u, h, i[:, None])[:, 0], labels=torch.as_tensor(data.labels[idx]))
         if objective == "ce":
             return ce_loss(model.user_emb(u, h) @ model.item_table().T, i)
-        neg = torch.as_tensor(rng.choice(data.item_pool, size=(len(idx), cfg.n_negatives)))
+        neg = torch.as_tensor(self._negatives(data, data.user_ids[idx], cfg.n_negatives, rng))
         s = model.logits(u, h, torch.cat([i[:, None], neg], 1))  # (B, 1 + K)
         pos, negs = s[:, 0], s[:, 1:]
         if objective == "bpr":
@@ -176,6 +178,38 @@ class BaselineRecommender:
         if objective == "gbce":
             return gbce_loss(pos, negs, len(data.item_pool), cfg.gbce_t)
         return bce_loss(pos, negs)
+
+    def _seq_batch_loss(self, model, data: TrainData, idx: np.ndarray, rng: np.random.Generator,
+                        cfg: BaselineConfig) -> torch.Tensor:
+        """Implicit mode, sequence models: every position of a window predicts its next item."""
+        inp = torch.as_tensor(data.seq_inputs[idx])
+        tgt_np = data.seq_targets[idx]
+        mask = torch.as_tensor(tgt_np > 0)  # (B, L)
+        h = model.states(inp)[mask]  # (P, d) over the P valid positions
+        tgt = torch.as_tensor(tgt_np)[mask]
+        objective = BASELINES[self.name][1]
+        if objective == "ce":
+            return ce_loss(h @ model.item_table().T, tgt)
+        users = np.repeat(data.seq_users[idx], (tgt_np > 0).sum(1))
+        neg = torch.as_tensor(self._negatives(data, users, cfg.n_negatives, rng))  # (P, K)
+        table = model.item_table()
+        pos = (h * table[tgt]).sum(-1)
+        negs = torch.einsum("pd,pkd->pk", h, table[neg])
+        if objective == "gbce":
+            return gbce_loss(pos, negs, len(data.item_pool), cfg.gbce_t)
+        return bce_loss(pos, negs)
+
+    def _negatives(self, data: TrainData, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """(B, k) uniform training items, re-drawn (up to 5 times) where the user has interacted with them."""
+        neg = rng.choice(data.item_pool, size=(len(users), k))
+        for _ in range(5):
+            keys = users[:, None] * data.n_items + neg
+            pos = np.searchsorted(self.seen_keys_, keys).clip(max=len(self.seen_keys_) - 1)
+            hit = self.seen_keys_[pos] == keys
+            if not hit.any():
+                break
+            neg[hit] = rng.choice(data.item_pool, size=int(hit.sum()))
+        return neg
 
     def _valid_metric(self, valid: EvalSet) -> float:
         if valid.candidates is not None:
@@ -198,10 +232,18 @@ class BaselineRecommender:
         if isinstance(model, LightGCN):
             pos = data.labels > 0
             model.set_graph(data.user_ids[pos], data.item_ids[pos])
-        if data.mode == "pointwise" and BASELINES[self.name][1] == "bpr":
+        seq_mode = data.mode == "implicit" and self.name in _SEQUENTIAL
+        batch_loss = self._seq_batch_loss if seq_mode else self._batch_loss
+        if seq_mode:
+            rows = np.arange(len(data.seq_users))
+        elif data.mode == "pointwise" and BASELINES[self.name][1] == "bpr":
             rows = np.flatnonzero(data.labels > 0)  # BPR learns from the liked samples only
         else:
             rows = np.arange(len(data.user_ids))
+        if isinstance(model, MF | LightGCN):
+            model.zero_unseen(data.user_ids, data.item_ids)
+        pos_rows = data.labels > 0
+        self.seen_keys_ = np.unique(data.user_ids[pos_rows] * data.n_items + data.item_ids[pos_rows])
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         best, best_state, bad = -np.inf, None, 0
         start = time.monotonic()
@@ -210,7 +252,7 @@ class BaselineRecommender:
             model.train()
             perm = rng.permutation(rows)
             for a in range(0, len(perm), cfg.batch_size):
-                loss = self._batch_loss(model, data, perm[a:a + cfg.batch_size], rng, cfg)
+                loss = batch_loss(model, data, perm[a:a + cfg.batch_size], rng, cfg)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -243,7 +285,8 @@ class BaselineRecommender:
     @torch.no_grad()
     def _logits(self, user_ids, histories, item_ids: np.ndarray, batch: int = 4096) -> np.ndarray:
         self._check_fitted()
-        user_ids = np.asarray(user_ids, dtype=np.int64)
+        user_ids = np.array(user_ids, dtype=np.int64)  # a writable copy (torch refuses read-only arrays)
+        item_ids = np.array(item_ids, dtype=np.int64)
         h = self._hist(user_ids, histories)
         out = []
         for a in range(0, len(user_ids), batch):
@@ -290,7 +333,7 @@ def train_baseline(name: str, splits, tables, cfg: BaselineConfig | dict | None 
     base = name.lower()
     if base.endswith("_full"):
         base, cfg = base[: -len("_full")], cfg.model_copy(update={"full": True})
-    rec = BaselineRecommender(base, cfg)
+    rec = BaselineRecommender(base, cfg, protocol_kind=splits.kind)
     cfg = rec._resolved()
     data = build_train_data(splits, tables, cfg.max_len, full=cfg.full)
     if splits.kind == "ranking":

@@ -1,0 +1,70 @@
+"""One call from (splits, tables) to test metrics for a CTR backbone, for both protocol kinds.
+
+Pointwise protocols (collm, kar, tallrec): train on ``train``, early-stop on ``valid`` AUC, report
+:func:`~reasonrec.eval.metrics.pointwise_report` on ``test``. Ranking protocol (starec): every candidate list is
+exploded into pointwise rows (positive = 1, negatives = 0); the model trains on the training users' lists,
+early-stops on the AUC of a held-out 10% of them, and the test lists are ranked by score
+(:func:`~reasonrec.eval.metrics.ranking_report`, NDCG@1/5/10/20 averaged over negative draws).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import torch
+
+from ..eval import metrics as M
+from .ctr import CTRModelConfig, build_ctr_model
+from .features import FeatureBuilder, KnowledgeInput, explode_candidates
+from .trainer import CTRTrainConfig, predict, train_ctr
+
+
+def run_ctr(name: str, splits, tables, model_cfg: CTRModelConfig | None = None,
+            train_cfg: CTRTrainConfig | None = None, knowledge: list[KnowledgeInput] | tuple = (),
+            history_len: int = 20, hist_ratings: bool = True) -> dict:
+    """Build features, train CTR backbone ``name`` and return its test metrics (plus training info)."""
+    train_cfg = train_cfg or CTRTrainConfig()
+    n_users = int(max(tables.users["user_id"].max() if len(tables.users) else 0,
+                      tables.interactions["user_id"].max()))
+    builder = FeatureBuilder(tables.items, tables.users, history_len=history_len, hist_ratings=hist_ratings,
+                             knowledge=knowledge, n_users=n_users)
+    ranking = "candidate_ids" in splits.test.columns
+    if ranking:
+        rows = explode_candidates(splits.train)
+        lists = rows["list_id"].to_numpy()
+        rng = np.random.default_rng(train_cfg.seed)
+        held = rng.random(int(lists.max()) + 1 if len(lists) else 0) < 0.1
+        train_df, valid_df = rows[~held[lists]], rows[held[lists]]
+    else:
+        train_df, valid_df = splits.train, splits.valid
+    torch.manual_seed(train_cfg.seed)
+    model = build_ctr_model(name, builder.feature_map, model_cfg)
+    train, valid = builder.encode(train_df, where="train"), builder.encode(valid_df, where="valid")
+    if not ranking:
+        return train_ctr(model, train, valid, train_cfg, test=builder.encode(splits.test, where="test"))
+    out = train_ctr(model, train, valid, train_cfg)
+    test_rows = explode_candidates(splits.test)
+    probs = predict(model, builder.encode(test_rows, where="test"), train_cfg.eval_batch_size, train_cfg.device)
+    n_lists = len(splits.test)
+    scores = probs.reshape(n_lists, -1)
+    pos_index = test_rows["label"].to_numpy().reshape(n_lists, -1).argmax(1)
+    draws = splits.test["draw"].to_numpy() if "draw" in splits.test.columns else None
+    out.update(M.ranking_report(scores, pos_index, draws=draws))
+    out.update(M.pointwise_report(test_rows["user_id"].to_numpy(), test_rows["label"].to_numpy(), probs))
+    return out
+
+
+def item_text_knowledge(tables, encoder: str = "minilm", store_path=None, progress: bool = True) -> KnowledgeInput:
+    """An item-keyed knowledge field from the items' titles + genres, encoded once into a knowledge store."""
+    from ..io import cache_dir
+    from ..knowledge import KnowledgeStore, item_text, load_encoder
+
+    enc = load_encoder(encoder)
+    path = store_path or cache_dir() / "knowledge" / f"{getattr(tables, 'dataset', 'data')}-items.parquet"
+    store = KnowledgeStore(path)
+    items = tables.items
+    store.add("item", items["item_id"], item_text(items), enc, progress=progress)
+    n_items = int(items["item_id"].max())
+    return KnowledgeInput("item_text", "item_id", store.matrix("item", enc.name, n_items))
+
+
