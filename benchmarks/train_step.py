@@ -3,7 +3,9 @@
 Workloads (prompts of ≈ 300-600 tokens, the size of the methods' recommendation prompts):
 
     sft    batch 4 (prompt, completion ≈ 60 tokens)
-    sdpo   batch 1 prompt × (1 chosen + 9 rejected) completions ≈ 15 tokens (TrackRec: 1 + 9 candidates)
+    sdpo   batch 1 prompt × (1 chosen + 9 rejected) completions ≈ 15 tokens (TrackRec: 1 + 9 candidates),
+           prompt run once and its KV cache shared (``share_prompt``, the default)
+    sdpo-noshare  the same with ``share_prompt: false`` (10 full sequences, as trl's DPO trainer)
     grpo   1 prompt × group 8, max 64 new tokens per completion, rank reward (STARec)
     yesno  batch 4, mixed label / reasoning answers (ThinkRec)
 
@@ -30,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TRAINERS = ("sft", "sdpo", "grpo", "yesno")
+TRAINERS = ("sft", "sdpo", "sdpo-noshare", "grpo", "yesno")
 
 
 def titles(data_dir: str | None) -> list[str]:
@@ -66,11 +68,12 @@ def build(kind: str, out: Path, steps: int, data_dir: str | None):
         cfg = C.SFTConfig.model_validate({**common, "training": {**common["training"], "per_device_train_batch_size": 4}})
         from reasonrec.train.sft import build_sft_trainer
         return build_sft_trainer, cfg, df
-    if kind == "sdpo":
+    if kind in ("sdpo", "sdpo-noshare"):
         df = pd.DataFrame({"prompt": [prompt(rng, pool, 30) for _ in range(8)],
                            "chosen": [rng.choice(pool) for _ in range(8)],
                            "rejected": [rng.sample(pool, 9) for _ in range(8)]})
-        cfg = C.SDPOConfig.model_validate({**common, "training": {**common["training"], "per_device_train_batch_size": 1}})
+        cfg = C.SDPOConfig.model_validate({**common, "share_prompt": kind == "sdpo",
+                                           "training": {**common["training"], "per_device_train_batch_size": 1}})
         from reasonrec.train.sdpo import build_sdpo_trainer
         return build_sdpo_trainer, cfg, df
     if kind == "grpo":
@@ -152,10 +155,10 @@ def main() -> None:
     if not rows:
         return
     base_cpu = next((r["median_step_cpu_s"] for r in rows if r["trainer"] == "sft"), rows[0]["median_step_cpu_s"])
-    print(f"\n{'trainer':8} {'wall s/step':>11} {'cpu s/step':>10} {'cpu ×sft':>8} {'first wall':>10} "
+    print(f"\n{'trainer':12} {'wall s/step':>11} {'cpu s/step':>10} {'cpu ×sft':>8} {'first wall':>10} "
           f"{'batch (rows, T)':>16} {'tokens':>7} {'peak GiB':>9}")
     for r in rows:
-        print(f"{r['trainer']:8} {r['median_step_s']:11.2f} {r['median_step_cpu_s']:10.2f} "
+        print(f"{r['trainer']:12} {r['median_step_s']:11.2f} {r['median_step_cpu_s']:10.2f} "
               f"{r['median_step_cpu_s'] / base_cpu:8.2f} {r['first_step_s']:10.2f} "
               f"{str(r['batch_shape']):>16} {str(r['batch_tokens']):>7} {r['peak_rss_gib']:9.2f}")
     print(f"\ncpu threads: {os.cpu_count()} (shared with other jobs; figures are upper bounds)")

@@ -128,6 +128,33 @@ def test_ranking_protocol_learns_and_is_deterministic(world, name):
     assert {k: v for k, v in m1.items() if k != "fit_seconds"} == {k: v for k, v in m2.items() if k != "fit_seconds"}
 
 
+@pytest.mark.parametrize("name", ["mf", "bpr", "lightgcn"])
+def test_id_model_embeddings_separate_the_two_tastes(world, name):
+    """ThinkRec groups users by their MF embeddings: same-taste users must be closer than cross-taste users."""
+    tables, pw, _ = world
+    _, rec = train_baseline(name, pw, tables, FAST, return_model=True)
+    ue = rec.user_embeddings()[1:]
+    ue = ue / np.linalg.norm(ue, axis=1, keepdims=True)
+    sim = ue @ ue.T
+    even = (np.arange(1, N_USERS + 1) % 2 == 0)
+    same = sim[np.equal.outer(even, even) & ~np.eye(N_USERS, dtype=bool)].mean()
+    cross = sim[~np.equal.outer(even, even)].mean()
+    assert same > cross + 0.2, (same, cross)
+    ie = rec.item_embeddings()
+    # item embeddings as well: items 1..20 vs 21..40
+    ie = ie[1:] / np.linalg.norm(ie[1:], axis=1, keepdims=True)
+    first = np.arange(1, N_ITEMS + 1) <= 20
+    assert (ie[first] @ ie[first].T).mean() > (ie[first] @ ie[~first].T).mean() + 0.2
+
+
+@pytest.mark.parametrize("name", ["mf", "sasrec"])
+def test_untrained_models_stay_near_chance(world, name):
+    """The signal checks above are not met by initialisation alone."""
+    tables, pw, _ = world
+    m = train_baseline(name, pw, tables, dict(FAST, epochs=0))
+    assert 0.3 < m["auc"] < 0.7, m
+
+
 def test_pop_ranks_by_training_counts(world):
     tables, _, rk = world
     data = build_train_data(rk, tables, 10)

@@ -6,7 +6,14 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import log_loss, ndcg_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    label_ranking_average_precision_score,
+    log_loss,
+    ndcg_score,
+    roc_auc_score,
+)
 
 from reasonrec.errors import DataError
 from reasonrec.eval import metrics as M
@@ -27,7 +34,7 @@ def test_auc_logloss_accuracy_match_sklearn(pointwise):
     users, labels, probs = pointwise
     assert M.auc(labels, probs) == pytest.approx(roc_auc_score(labels, probs))
     assert M.logloss(labels, probs) == pytest.approx(log_loss(labels, probs))
-    assert M.accuracy(labels, probs) == pytest.approx(np.mean((probs >= 0.5) == labels))
+    assert M.accuracy(labels, probs) == pytest.approx(accuracy_score(labels, probs >= 0.5))
 
 
 def test_auc_single_class_is_nan_and_bad_labels_raise():
@@ -154,3 +161,64 @@ def test_reports_have_the_documented_keys(pointwise):
     assert rr["ndcg@1"] == rr["hr@1"] and rr["ndcg@1"] <= rr["ndcg@5"] <= rr["ndcg@20"] <= 1.0
     with pytest.raises(DataError, match="pos_index"):
         M.ranking_report(np.zeros((2, 3)), np.array([0, 3]))
+
+
+def test_user_map_without_cutoff_matches_sklearn_average_precision():
+    # Without ties and with k ≥ list length, ThinkRec's AP@k (divided by all positives) is the ordinary AP.
+    rng = np.random.default_rng(3)
+    users = np.repeat(np.arange(30), 8)
+    labels = rng.integers(0, 2, len(users))
+    labels[::8] = 1  # every user has a positive
+    scores = rng.permutation(len(users)).astype(float)  # distinct → no ties
+    expected = [average_precision_score(labels[users == u], scores[users == u]) for u in range(30)]
+    assert M.user_map_at_k(users, labels, scores, 8) == pytest.approx(np.mean(expected))
+    assert M.user_map_at_k(users, labels, scores, 3) < M.user_map_at_k(users, labels, scores, 8)
+
+
+def test_user_hr_and_mrr_against_a_direct_loop():
+    rng = np.random.default_rng(4)
+    users = rng.integers(0, 25, 300)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.normal(size=300)
+    hr3, rr = [], []
+    for u in np.unique(users):
+        m = users == u
+        if m.sum() < 2:
+            continue
+        ranked = labels[m][np.argsort(-scores[m])]
+        hr3.append(float(ranked[:3].any()))
+        rr.append(1 / (np.argmax(ranked) + 1) if ranked.any() else 0.0)
+    assert M.user_hr_at_k(users, labels, scores, 3) == pytest.approx(np.mean(hr3))
+    assert M.user_mrr(users, labels, scores) == pytest.approx(np.mean(rr))
+
+
+def test_candidate_mrr_matches_sklearn_lrap_and_hr_matches_a_loop():
+    # STARec shape: 1 positive + 19 negatives per list
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(200, 20))
+    pos = rng.integers(0, 20, 200)
+    rel = np.zeros_like(scores, dtype=int)
+    rel[np.arange(200), pos] = 1
+    # with one relevant item, label-ranking AP is 1/rank, i.e. the reciprocal rank
+    assert M.mrr(scores, pos) == pytest.approx(label_ranking_average_precision_score(rel, scores))
+    rank = (scores > scores[np.arange(200), pos][:, None]).sum(1)
+    for k in (1, 5, 10, 20):
+        assert M.hr_at_k(scores, pos, k) == pytest.approx(np.mean(rank < k))
+        assert M.map_at_k(scores, pos, k) == pytest.approx(np.mean(np.where(rank < k, 1 / (rank + 1), 0)))
+    assert M.hr_at_k(scores, pos, 20) == 1.0 and M.ndcg_at_k(scores, pos, 20) == pytest.approx(M.ndcg_at_k(
+        scores, pos, 50))
+
+
+def test_candidate_metrics_average_over_negative_draws_as_starec():
+    # the same 40 test positives, each ranked against 3 independent draws of 19 negatives
+    rng = np.random.default_rng(6)
+    n, d = 40, 3
+    scores = rng.normal(size=(n * d, 20))
+    pos = np.zeros(n * d, dtype=int)
+    scores[:, 0] += 1.0  # a model that prefers the positive
+    draws = np.repeat(np.arange(d), n)
+    per_draw = [M.ndcg_at_k(scores[draws == j], pos[draws == j], 10) for j in range(d)]
+    assert M.ndcg_at_k(scores, pos, 10, draws=draws) == pytest.approx(np.mean(per_draw))
+    rep = M.ranking_report(scores, pos, draws=draws)
+    assert rep["ndcg@10"] == pytest.approx(np.mean(per_draw))
+    assert rep["hr@10"] > 0.5 + 0.1  # better than the 10/20 chance level

@@ -72,7 +72,7 @@ def test_r4ec_end_to_end_and_resume(tmp_path, ml100k_dir, tiny_model_path, hash_
     cfg = {
         "method": "r4ec", "run_dir": str(tmp_path / "run"),
         "data": {"dataset": "ml-100k", "protocol": "kar", "data_dir": str(ml100k_dir)},
-        "subset": {"users": 6, "items": 12, "construct_fraction": 1.0, "history_len": 5},
+        "subset": {"users": 10, "items": 40, "construct_fraction": 1.0, "history_len": 5},
         "teacher": {"name": "hash-teacher"},
         "generation": {"max_new_tokens": 8, "max_attempts": 1, "max_refine_steps": 1, "filter_k": 2},
         "train": {"base_model": str(tiny_model_path), "epochs": 1, "batch_size": 4, "max_length": 512},

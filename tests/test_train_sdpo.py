@@ -89,3 +89,26 @@ def test_killed_and_resumed_run_ends_at_the_same_weights(tiny_model_path, tmp_pa
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
     assert train_sdpo(part, PAIRS).skipped  # complete runs are not redone
+
+
+def test_gradient_accumulation_matches_one_larger_batch(tiny_model_path, tmp_path):
+    # compute_loss returns a per-prompt mean; the Trainer must divide it by the accumulation steps. Adam hides a
+    # constant gradient scale in the weights, so compare the logged loss and the (pre-clipping) gradient norm.
+    def first_log(out, bs, ga):
+        cfg = _cfg(tiny_model_path, out, max_steps=1, per_device_train_batch_size=bs, gradient_accumulation_steps=ga)
+        cfg.model.lora.dropout = 0.0
+        return train_sdpo(cfg, PAIRS.head(2)).log_history[0]
+
+    a, b = first_log(tmp_path / "b2", 2, 1), first_log(tmp_path / "b1ga2", 1, 2)
+    assert a["grad_norm"] > 0
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+
+
+def test_shared_prompt_refuses_gradient_checkpointing(tiny_model_path, tmp_path):
+    # checkpointed layers drop the KV cache in training: the completions would silently lose their prompt
+    cfg = _cfg(tiny_model_path, tmp_path).model_dump()
+    cfg["model"]["gradient_checkpointing"] = True
+    with pytest.raises(ValueError, match="share_prompt"):
+        SDPOConfig.model_validate(cfg)
+    SDPOConfig.model_validate({**cfg, "share_prompt": False})

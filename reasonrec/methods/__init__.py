@@ -1,5 +1,5 @@
-"""Experiments: each published method (and the plain-recommender baseline experiment) as a short composition
-of the shared parts.
+"""Experiments: each published method as a short composition of the shared parts (plain recommenders run from
+``reasonrec rec train``).
 
 A method module defines ``Config`` (a :class:`~reasonrec.config.Section` whose ``method`` field is a
 ``Literal`` of its name) and ``run(cfg, run_dir) -> dict``. :func:`run_experiment` reads the YAML, picks the
@@ -19,12 +19,6 @@ from ..errors import ConfigError
 from ..runs import RunDir
 
 
-def _rec() -> ModuleType:
-    from . import rec_experiment
-
-    return rec_experiment
-
-
 def _r4ec() -> ModuleType:
     from . import r4ec
 
@@ -33,7 +27,6 @@ def _r4ec() -> ModuleType:
 
 # name → loader; modules import torch and friends, so they load only when chosen.
 METHODS = {
-    "rec": _rec,
     "r4ec": _r4ec,
 }
 

@@ -106,6 +106,10 @@ def _subset(splits: Splits, users: int | None, items: int | None, seed: int) -> 
     if items is not None:
         top = train["item_id"].value_counts().head(items).index
         train, test = train[train["item_id"].isin(top)], test[test["item_id"].isin(top)]
+    for name, part in (("train", train), ("test", test)):
+        if part.empty:
+            raise DataError(f"subset users={users}, items={items} (seed {seed}) leaves no {name} samples of "
+                            f"protocol '{splits.protocol}'; raise subset.users or subset.items")
     return Splits(train=train.reset_index(drop=True), valid=splits.valid.iloc[:0], test=test.reset_index(drop=True),
                   protocol=splits.protocol, options=splits.options, seed=splits.seed, dataset=splits.dataset,
                   checksums=splits.checksums)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -81,9 +81,14 @@ class ActorTrainSection(Section):
     Fields:
         base_model: the model the four adapters are trained on (and inference runs on).
         epochs, learning_rate, batch_size, max_length: the SFT settings.
+        infer_backend: the backend that runs the trained adapters at inference (§3.5): ``transformers``
+            (CPU/GPU) or ``vllm`` (GPU throughput, adapters served as LoRA requests).
+        infer_options: options of that backend (e.g. ``dtype``, ``batch_size``, ``gpu_memory_utilization``).
     """
 
     base_model: str = "smollm2-135m"
+    infer_backend: Literal["transformers", "vllm"] = "transformers"
+    infer_options: dict[str, Any] = {}
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(4, ge=1)
@@ -184,9 +189,14 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
         return st.info()["stats"]
     from ..llm.base import load_llm
 
-    llm = load_llm(cfg.train.base_model, cache=run.root / "llm_cache.sqlite")
-    for name, path in adapters.items():
-        if path is not None:
+    trained = {name: str(path) for name, path in adapters.items() if path is not None}
+    cache = run.root / "llm_cache.sqlite"
+    if cfg.train.infer_backend == "vllm":  # vLLM registers LoRA adapters when the engine starts
+        llm = load_llm(cfg.train.base_model, backend="vllm", cache=cache, **{"adapters": trained,
+                                                                             **cfg.train.infer_options})
+    else:
+        llm = load_llm(cfg.train.base_model, backend="transformers", cache=cache, **cfg.train.infer_options)
+        for name, path in trained.items():
             llm.load_adapter(name, path)
     g = cfg.generation
     gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed)

@@ -153,7 +153,9 @@ class SDPOConfig(_TrainerConfig):
         chat_template (`bool`, defaults to `True`): as in :class:`SFTConfig`.
         share_prompt (`bool`, defaults to `True`): run each prompt once and reuse its KV cache for its 1 + K
             completions (same result; ≈ (1 + K)× less compute when prompts dominate). ``False`` = one full
-            sequence per completion, as trl's DPO trainer.
+            sequence per completion, as trl's DPO trainer. Needs the KV cache, so it cannot be combined with
+            ``model.gradient_checkpointing`` (which turns the cache off in training). With LoRA dropout on, the
+            prompt's dropout mask is shared by its 1 + K completions (one draw per prompt instead of per row).
     """
 
     beta: float = Field(0.1, gt=0)
@@ -162,6 +164,18 @@ class SDPOConfig(_TrainerConfig):
     rejected_column: str = "rejected"
     chat_template: bool = True
     share_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _share_needs_cache(self) -> SDPOConfig:
+        # transformers drops past_key_values inside checkpointed layers during training, so the completions would
+        # silently lose their prompt.
+        if self.share_prompt and self.model.gradient_checkpointing:
+            raise ValueError(
+                "sdpo: share_prompt=true reuses the prompt's KV cache, which model.gradient_checkpointing=true "
+                "disables during training; set share_prompt: false (one full sequence per completion) or turn "
+                "gradient_checkpointing off"
+            )
+        return self
 
 
 class GRPOConfig(_TrainerConfig):

@@ -189,8 +189,9 @@ def fused_adapter(model, names: Sequence[str], weights: Sequence[float], adapter
 def merged_delta(model, names: Sequence[str], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """Dense reference: per LoRA layer, Σ_i w_i · get_delta_weight(name_i) (peft's own dense delta)."""
     out = {}
+    lora_layers = set(_lora_layers(model))
     for mod_name, layer in model.named_modules():
-        if layer in set(_lora_layers(model)):
+        if layer in lora_layers:
             out[mod_name] = sum(w * layer.get_delta_weight(n) for n, w in zip(names, weights, strict=True)
                                 if n in layer.lora_A)
     return out

@@ -137,6 +137,9 @@ def _split(logps: torch.Tensor, n_rejected: torch.Tensor) -> tuple[torch.Tensor,
 class SDPOTrainer(Trainer):
     """A ``transformers.Trainer`` whose loss is softmax-DPO (TrackRec Eq. 4) over one chosen + K rejected."""
 
+    # compute_loss returns a per-prompt mean, so the Trainer must divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, beta: float = 0.1, share_prompt: bool = False, **kwargs):
         from trl.trainer.utils import add_fused_lm_head
 

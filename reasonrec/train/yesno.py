@@ -165,6 +165,9 @@ def make_projector(in_dim: int, hidden_size: int, hidden_mult: int) -> nn.Module
 class YesNoTrainer(Trainer):
     """``transformers.Trainer`` computing ThinkRec's mixed BCE + LM loss (Eq. 7)."""
 
+    # compute_loss returns a per-example mean, so the Trainer must divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, yes_id: int, no_id: int, score: str, reason_weights, label_weights,
                  placeholder_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)

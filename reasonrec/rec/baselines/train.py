@@ -166,7 +166,7 @@ class BaselineRecommender:
         i = torch.as_tensor(data.item_ids[idx])
         h = torch.as_tensor(data.hist[idx])
         objective = BASELINES[self.name][1]
-        if data.mode == "pointwise" and objective != "bpr":
+        if data.mode == "pointwise" and self.name != "bpr":
             return bce_loss(model.logits(u, h, i[:, None])[:, 0], labels=torch.as_tensor(data.labels[idx]))
         if objective == "ce":
             return ce_loss(model.user_emb(u, h) @ model.item_table().T, i)
@@ -236,7 +236,7 @@ class BaselineRecommender:
         batch_loss = self._seq_batch_loss if seq_mode else self._batch_loss
         if seq_mode:
             rows = np.arange(len(data.seq_users))
-        elif data.mode == "pointwise" and BASELINES[self.name][1] == "bpr":
+        elif data.mode == "pointwise" and self.name == "bpr":
             rows = np.flatnonzero(data.labels > 0)  # BPR learns from the liked samples only
         else:
             rows = np.arange(len(data.user_ids))
