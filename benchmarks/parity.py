@@ -21,12 +21,16 @@ Known structural differences (each library's own model definition, not ours to c
 * DeepFM / DCN / AutoInt: DeepCTR-Torch adds a first-order term of per-value scalar weights (ours: a linear
   layer over the field embeddings in DeepFM, none in DCN/AutoInt); its DNN weights start at N(0, 1e-4).
 * AutoInt: 3 interacting layers, 2 heads, per-field output 32 on both sides (our ``autoint_head_dim=16``).
+  DeepCTR-Torch's AutoInt counts fields by embedding tables, so its history field gets its own item table
+  (ours shares the item table).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import io
 import os
 import sys
 import time
@@ -90,7 +94,10 @@ def deepctr_model(name: str, fmap, seed: int):
     sparse = [SparseFeat("user_id", fmap.n_users + 1, D), SparseFeat("item_id", fmap.n_items + 1, D)]
     sparse += [SparseFeat(n, v, D) for n, v in fmap.user_fields.items()]
     cats = VarLenSparseFeat(SparseFeat("cats", fmap.n_categories, D), maxlen=fmap.max_categories, combiner="mean")
-    hist = VarLenSparseFeat(SparseFeat("hist_item_id", fmap.n_items + 1, D, embedding_name="item_id"),
+    # AutoInt sizes its output layer by the number of embedding *tables*, so a history sharing the item table
+    # breaks it: there the history gets its own table.
+    shared = "hist_item_id" if name == "autoint" else "item_id"
+    hist = VarLenSparseFeat(SparseFeat("hist_item_id", fmap.n_items + 1, D, embedding_name=shared),
                             maxlen=fmap.history_len, combiner="mean",
                             length_name="hist_len" if name == "din" else None)
     cols = sparse + [cats, hist]
@@ -121,7 +128,8 @@ def train_deepctr(name: str, builder, enc, seed: int = 0, epochs: int = EPOCHS) 
     epoch = 0
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        model.fit(dict(xt), yt, batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
+        with contextlib.redirect_stdout(io.StringIO()):  # fit prints the device and sample counts every call
+            model.fit(dict(xt), yt, batch_size=BATCH, epochs=1, verbose=0, shuffle=True)
         train_s += time.perf_counter() - t0
         seen += len(yt)
         v = auc_score(yv, model.predict(dict(xv), batch_size=8192).ravel())
@@ -167,8 +175,8 @@ def run_ctr_parity(data_dir, seed: int = 0, models=MODELS, epochs: int = EPOCHS)
               f"deepctr auc {ref['auc']:.4f} (best epoch {ref['best_epoch']}, {ref_s:.0f}s)", flush=True)
     for r in rows:
         r["diff"] = r["ours"] - r["ref"]
-        # logloss: lower is better; AUC/UAUC: within 0.01 or better
-        r["ok"] = bool(-r["diff"] >= -0.01) if r["metric"] == "logloss" else bool(r["diff"] >= -0.01)
+        # the parity target is on AUC (within 0.01 or better); UAUC and LogLoss are printed for information
+        r["ok"] = bool(r["diff"] >= -0.01) if r["metric"] == "auc" else None
     return rows
 
 
@@ -227,7 +235,7 @@ def _table(rows: list[dict], ref_name: str) -> None:
     for r in rows:
         print(f"{r['protocol']:8} {r['model']:8} {r['reference']:22} {r['metric']:8} {r['ours']:8.4f} "
               f"{r['ref']:8.4f} {r['diff']:+8.4f}  {r['ours_s']:7.1f} {r['ref_s']:7.1f}  "
-              f"{'ok' if r['ok'] else 'BELOW'}")
+              f"{'' if r['ok'] is None else 'ok' if r['ok'] else 'BELOW'}")
 
 
 def main() -> None:

@@ -95,14 +95,27 @@ class Stage:
 class RunDir:
     """A folder holding one experiment's config, manifest and stage artifacts."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, verbose: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.verbose = verbose
+        self._announced: set[str] = set()
 
     def stage(self, name: str) -> Stage:
         st = Stage(self.root / name, name)
         st.path.mkdir(parents=True, exist_ok=True)
+        if name not in self._announced:  # stages are looked up again by later stages; say it once
+            self._announced.add(name)
+            self.log(f"stage {name}: " + ("complete, skipped" if st.done else "running"))
         return st
+
+    def log(self, message: str) -> None:
+        """One timestamped line on stderr and in ``log.txt`` (appended: a resumed run keeps its history)."""
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        with open(self.root / "log.txt", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        if self.verbose:
+            print(line, file=sys.stderr, flush=True)
 
     def write_config(self, cfg) -> None:
         from .config import dump_yaml

@@ -118,9 +118,10 @@ def test_ranking_protocol_learns_and_is_deterministic(world, name):
     # With 40 items, 32 negatives per positive would mostly be the user's held-out own-taste items; keep 2.
     cfg["n_negatives"] = 2
     m1, rec = train_baseline(name, rk, tables, cfg, return_model=True)
-    assert {"ndcg@1", "ndcg@5", "ndcg@10", "hr@1", "mrr"} <= set(m1)
+    assert {"ndcg@1", "ndcg@5", "ndcg@10", "hr@1", "mrr", "auc", "uauc", "logloss", "acc"} <= set(m1)
     # Negatives come from the other taste: a chance ranker gets NDCG@10 ≈ 0.39 on 10 candidates.
     assert m1["ndcg@10"] > 0.6, m1
+    assert m1["auc"] > 0.7, m1  # the candidate rows as pointwise samples: positive vs its negatives
     te = eval_set(rk.test, 10)
     s = rec.score_candidates(te.user_ids, rk.test["hist_item_ids"].to_numpy(), te.candidates)
     assert s.shape == te.candidates.shape

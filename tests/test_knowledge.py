@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from _ctr_synth import synth_world
+
 from reasonrec.errors import BackendError, ConfigError, DataError
 from reasonrec.knowledge import KnowledgeStore, item_text, load_encoder
 from reasonrec.llm.bundled import minilm_dir

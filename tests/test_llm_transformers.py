@@ -126,13 +126,27 @@ def test_adapter_ids_carry_weight_hashes(lora_llm):
         lora_llm.adapter_id("c")
 
 
-def test_sampling_does_not_depend_on_batch_composition(tiny_model_path):
-    """Per-row generators: a resumed run (different batches) samples exactly what an uninterrupted one did."""
-    batched = TransformersLLM(str(tiny_model_path), TransformersOptions(batch_size=8, threads=1))
-    single = TransformersLLM(str(tiny_model_path), TransformersOptions(batch_size=1, threads=1))
+def test_sampling_is_seeded(llm):
+    """The same call with the same seed samples the same texts (also after other calls); another seed differs."""
     kw = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=6, seed=7)
-    a = batched.generate(PROMPTS, **kw)
-    assert [g.texts for g in a] == [g.texts for g in single.generate(PROMPTS, **kw)]
-    assert [g.texts for g in a[1:]] == [g.texts for g in batched.generate(PROMPTS[1:], **kw)]
+    a = llm.generate(PROMPTS, **kw)
+    assert all(len(g.texts) == 3 for g in a)
     assert len(set(a[0].texts)) > 1  # the n samples differ
-    assert [g.texts for g in a] != [g.texts for g in batched.generate(PROMPTS, **dict(kw, seed=8))]
+    llm.generate(PROMPTS[:1], n=2, temperature=1.0, max_new_tokens=3, seed=1)
+    assert [g.texts for g in a] == [g.texts for g in llm.generate(PROMPTS, **kw)]
+    assert [g.texts for g in a] != [g.texts for g in llm.generate(PROMPTS, **dict(kw, seed=8))]
+
+
+def test_top_p_keeps_only_the_nucleus(llm):
+    """top_p → 0 leaves only the most likely token, so sampling equals greedy decoding."""
+    greedy = llm.generate(PROMPTS, max_new_tokens=6)
+    nucleus = llm.generate(PROMPTS, n=2, temperature=1.0, top_p=1e-6, max_new_tokens=6, seed=3)
+    assert [[g.text] * 2 for g in greedy] == [g.texts for g in nucleus]
+
+
+def test_stop_strings_end_generation_early(llm):
+    free = llm.generate(PROMPTS, max_new_tokens=24)
+    for g, f in zip(llm.generate(PROMPTS, max_new_tokens=24, stop=[" "]), free, strict=True):
+        assert " " not in g.text and f.text.startswith(g.text)
+        if " " in f.text:  # the stop string occurred, so generation ended before the token limit
+            assert g.completion_tokens[0] < f.completion_tokens[0]

@@ -1,76 +1,72 @@
 """R4ec end to end on real ML-100K samples: construction → four real LoRA SFT runs on the tiny model →
-both inference strategies → encoding with the bundled encoder → CTR backbones; then a resumed run that asks no
-model anything twice.
+both inference strategies → encoding with the bundled encoder → CTR backbones.
 
-The teacher is scripted (a random tiny model never writes the tagged format, so no branch would be reached);
-the actors, reflectors, trainers, encoder and backbones are the real ones.
+The run is first killed (SIGKILL) while inference is generating, then resumed in-process; a third run with the
+inference markers removed must answer every LLM call from the cache. The teacher is scripted
+(tests/_r4ec_teacher.py); actors, reflectors, trainers, encoder and backbones are the real ones.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import _r4ec_teacher
 import pandas as pd
 import pytest
 import yaml
 
-from reasonrec.llm import base as llm_base
-from reasonrec.llm.base import Generation, as_messages
 from reasonrec.methods import run_experiment
 
-
-class HashTeacher:
-    """Well-formed answers whose verdicts and judgements are a deterministic function of the prompt, so that a
-    few dozen cases spread over every branch of Algorithm 1."""
-
-    model_id = "hash-teacher"
-    supports = frozenset({"generate"})
-
-    def __init__(self):
-        self.calls = 0
-
-    def generate(self, prompts, n=1, temperature=0.0, top_p=1.0, max_new_tokens=16, stop=None, seed=0, adapter=None):
-        out = []
-        for p in prompts:
-            self.calls += 1
-            text = "\n".join(m["content"] for m in as_messages(p))
-            h = int(hashlib.sha256(f"{text}{seed}".encode()).hexdigest(), 16)
-            side = "User Preference" if "User History>" in text and "Target User" not in text else "Item Fact"
-            verdict = "user will like the target movie" if h % 2 else "user will not like the target movie"
-            if "<Final Judgement>" in text:
-                noun = "user preference" if side == "User Preference" else "item fact"
-                ok = (h >> 3) % 2
-                answer = (f"<Final Judgement>The {noun} is {'reasonable' if ok else 'not reasonable'}</Final Judgement>"
-                          f"\n<Reflection>{'' if ok else 'Look at the low ratings.'}</Reflection>")
-            elif "<Reflection>" in text:
-                tag = "Refined " + side
-                answer = f"<{tag}>Refined: likes {h % 7}.</{tag}>\n<Final Verdict>{verdict}</Final Verdict>"
-            else:
-                answer = f"<{side}>Likes genre {h % 5}.</{side}>\n<Final Verdict>{verdict}</Final Verdict>"
-            assert re.search(r"Target (Movie Name|User History)", text)  # construction prompts carry the target
-            out.append(Generation(texts=[answer], completion_tokens=[8]))
-        return out
+TESTS = Path(__file__).parent
 
 
 @pytest.fixture
 def hash_teacher(monkeypatch):
-    teacher = HashTeacher()
-    real = llm_base.load_llm
-
-    def load(name="smollm2-135m", backend="auto", cache=None, **options):
-        if name == "hash-teacher":
-            return teacher
-        return real(name, backend=backend, cache=cache, **options)
-
-    monkeypatch.setattr(llm_base, "load_llm", load)
-    return teacher
+    return _r4ec_teacher.install(setattr=monkeypatch.setattr)
 
 
-def test_r4ec_end_to_end_and_resume(tmp_path, ml100k_dir, tiny_model_path, hash_teacher, monkeypatch):
+def _cache_rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path, timeout=30) as conn:
+        try:
+            return conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        except sqlite3.OperationalError:  # the table is not created yet
+            return 0
+
+
+def _kill_during_inference(config: Path, run: Path) -> int:
+    """Start the run in a subprocess, SIGKILL it once inference has committed some answers; return their count."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, str(TESTS / "_r4ec_teacher.py"), str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, committed = time.time() + 900, 0
+    try:
+        while proc.poll() is None and time.time() < deadline:
+            log = run / "log.txt"
+            if log.exists() and "stage infer: running" in log.read_text():
+                committed = _cache_rows(run / "llm_cache.sqlite")
+                if committed:
+                    break
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert committed, f"the run ended (exit {proc.returncode}) before inference committed anything to kill"
+    assert not (run / "infer" / "_SUCCESS.json").exists()
+    return committed
+
+
+def test_r4ec_killed_resumed_and_cached(tmp_path, ml100k_dir, tiny_model_path, hash_teacher):
+    run = tmp_path / "run"
     cfg = {
-        "method": "r4ec", "run_dir": str(tmp_path / "run"),
+        "method": "r4ec", "run_dir": str(run),
         "data": {"dataset": "ml-100k", "protocol": "kar", "data_dir": str(ml100k_dir)},
         "subset": {"users": 10, "items": 40, "construct_fraction": 1.0, "history_len": 5},
         "teacher": {"name": "hash-teacher"},
@@ -80,8 +76,11 @@ def test_r4ec_end_to_end_and_resume(tmp_path, ml100k_dir, tiny_model_path, hash_
     }
     path = tmp_path / "r4ec.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    summary = run_experiment(path)
-    run = tmp_path / "run"
+
+    committed = _kill_during_inference(path, run)
+    summary = run_experiment(path)  # resumes: construct and train are complete, inference continues
+    assert hash_teacher.calls == 0  # the teacher's work survived the kill
+    assert _cache_rows(run / "llm_cache.sqlite") > committed
 
     branches = summary["branches"]
     train = pd.read_parquet(run / "data" / "splits" / "train.parquet")
@@ -91,7 +90,8 @@ def test_r4ec_end_to_end_and_resume(tmp_path, ml100k_dir, tiny_model_path, hash_
                                             "wrong_reasonable", "reason_unparsed", "reflect_unparsed"))
         assert decided == train[f"{side}_id"].nunique()  # every case takes exactly one branch
         assert b.get("correct_reasonable", 0) > 0 and b.get("wrong_unreasonable", 0) > 0
-        assert b["wrong_unreasonable"] == b.get("refined_correct", 0) + b.get("refined_wrong", 0) + b.get("refine_unparsed", 0)
+        assert b["wrong_unreasonable"] == (b.get("refined_correct", 0) + b.get("refined_wrong", 0)
+                                           + b.get("refine_unparsed", 0))
         # four real adapters were trained on what Algorithm 1 kept
         for role in ("actor", "reflect"):
             assert (run / "train" / f"{side}_{role}" / "adapter" / "adapter_model.safetensors").exists()
@@ -106,11 +106,11 @@ def test_r4ec_end_to_end_and_resume(tmp_path, ml100k_dir, tiny_model_path, hash_
     manifest = json.loads((run / "manifest.json").read_text())
     assert "u.data" in " ".join(manifest["data_checksums"])
 
-    # Resume: a stage whose marker is gone runs again but its LLM calls all come from the cache.
+    # A stage whose marker is gone runs again, and every LLM call comes from the cache.
     (run / "infer" / "_SUCCESS.json").unlink()
     (run / "rec" / "_SUCCESS.json").unlink()
-    calls = hash_teacher.calls
+    rows = _cache_rows(run / "llm_cache.sqlite")
     again = run_experiment(path)
-    assert hash_teacher.calls == calls  # construct was complete: the teacher was not asked again
+    assert _cache_rows(run / "llm_cache.sqlite") == rows
     assert again["inference"] == summary["inference"]
     assert again["rec"]["din"]["base"]["auc"] == pytest.approx(rec["din"]["base"]["auc"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -34,14 +34,20 @@ app.add_typer(train_app, name="train", help="LLM trainers: LoRA SFT, softmax-DPO
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory; default: the config's run_dir.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(envvar="REASONREC_DATA_DIR",
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory; default: the config's run_dir.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="REASONREC_DATA_DIR",
                                                      help="Folder with the raw dataset files.")] = None,
 ) -> None:
     """Run a whole experiment; completed stages are skipped, an interrupted one resumes."""
-    from ..methods import run_experiment
+    from ..methods import load_experiment, run_loaded
 
-    run_experiment(config, run_dir=run_dir, data_dir=data_dir)
+    module, cfg = load_experiment(config)
+    run_loaded(module, cfg, run_dir=run_dir, data_dir=data_dir)
+    root = cfg.run_dir
+    table = root / "results.md"
+    if table.exists():
+        typer.echo(table.read_text())
+    typer.echo(f"results: {root / 'results.json'}")
 
 
 @app.command()

@@ -79,22 +79,11 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def _row_seed(seed: int, prompt_ids: list[int], sample: int) -> int:
-    digest = hashlib.sha256(f"{seed}|{sample}|{','.join(map(str, prompt_ids))}".encode()).digest()
+def _batch_seed(seed: int, rows: list[list[int]]) -> int:
+    """A seed for one ``generate`` call from the caller's seed and the batch's tokens: the same call samples the
+    same texts whatever ran before it."""
+    digest = hashlib.sha256(f"{seed}|{rows}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _sample(logits, temperature: float, top_p: float, generator):
-    """One token from ``logits`` (V,): temperature, then the smallest nucleus with mass ≥ top_p."""
-    import torch
-
-    probs = torch.softmax(logits / temperature, -1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # tokens after the nucleus is complete
-        sorted_p[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 class TransformersLLM:
@@ -260,10 +249,7 @@ class TransformersLLM:
             # n samples of a prompt are n rows, so adapter_names has one entry per row (peft's mixed batch).
             rows = [encoded[i] for i in batch for _ in range(n)]
             row_adapters = [adapters[i] for i in batch for _ in range(n)]
-            # One generator per row, seeded by (seed, prompt tokens, sample index): a row samples the same text
-            # whatever batch it lands in, so a resumed run reproduces an uninterrupted one.
-            row_seeds = [_row_seed(seed, encoded[i], s) for i in batch for s in range(n)]
-            new = self._decode(rows, row_adapters, row_seeds, max_new_tokens, temperature, top_p, stop)
+            new = self._decode(rows, row_adapters, _batch_seed(seed, rows), max_new_tokens, temperature, top_p, stop)
             for j, i in enumerate(batch):
                 texts, counts = [], []
                 for row in new[j * n:(j + 1) * n]:
@@ -273,52 +259,38 @@ class TransformersLLM:
                 results[i] = Generation(texts=texts, prompt_tokens=len(encoded[i]), completion_tokens=counts)
         return results  # type: ignore[return-value]
 
-    def _decode(self, rows: list[list[int]], adapters: list[str | None], seeds: list[int], max_new_tokens: int,
+    def _decode(self, rows: list[list[int]], adapters: list[str | None], seed: int, max_new_tokens: int,
                 temperature: float, top_p: float, stop: Sequence[str] | None) -> list[list[int]]:
-        """Batched decoding with a KV cache; finished rows leave the batch (their cache rows are dropped).
+        """One batched ``model.generate`` call on left-padded rows → the new token ids of each row, up to and
+        including its end-of-sequence token (padding after it removed).
 
-        Our own loop rather than ``model.generate`` because (1) ``generate`` keeps computing rows that already
-        hit EOS, which on CPU costs as much as live rows; (2) per-row generators make sampling independent of
-        batch composition. Greedy decoding picks the argmax exactly as ``generate(do_sample=False)`` does; sampling
-        is temperature → top-p (nucleus) → multinomial, as in HF's ``TopPLogitsWarper``.
+        A hand-written decode loop that drops finished rows from the KV cache was tried and measured against
+        this on the bundled model (16 ML-100K prompts, 48 tokens, batch 16, CPU): the same tok/s within noise,
+        so the library call stays. Sampling is temperature → top-p (top-k off), seeded per call under
+        ``fork_rng`` so the caller's global RNG is untouched.
         """
         import torch
-        from transformers import DynamicCache
 
         ids, mask = self._pad(rows, side="left")
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        live = list(range(len(rows)))  # original row index of each batch row
-        out: list[list[int]] = [[] for _ in rows]
-        gens = [torch.Generator().manual_seed(s) for s in seeds] if temperature > 0 else []
-        cache = DynamicCache(config=self.model.config)
-        inputs = ids
-        with torch.inference_mode():
-            for step in range(max_new_tokens):
-                logits = self.model(input_ids=inputs, attention_mask=mask, position_ids=position_ids,
-                                    past_key_values=cache, use_cache=True, logits_to_keep=1,
-                                    **self._adapter_kwargs([adapters[r] for r in live])).logits[:, -1].float()
-                if temperature > 0:
-                    nxt = torch.stack([_sample(logits[k], temperature, top_p, gens[r]) for k, r in enumerate(live)])
-                else:
-                    nxt = logits.argmax(-1)
-                keep = []
-                for k, (r, tok) in enumerate(zip(live, nxt.tolist(), strict=True)):
-                    out[r].append(tok)
-                    done = tok in self._eos_ids or (
-                        stop and any(s in self.tokenizer.decode(out[r][-16:], skip_special_tokens=True) for s in stop))
-                    if not done:
-                        keep.append(k)
-                if not keep or step == max_new_tokens - 1:
-                    break
-                if len(keep) < len(live):  # drop finished rows from every tensor and the KV cache
-                    idx = torch.tensor(keep, device=ids.device)
-                    cache.batch_select_indices(idx)
-                    mask, position_ids, nxt = mask[idx], position_ids[idx], nxt[idx]
-                    live = [live[k] for k in keep]
-                mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-                position_ids = position_ids[:, -1:] + 1
-                inputs = nxt[:, None]
-        return out
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                                      eos_token_id=sorted(self._eos_ids), top_k=None)
+        if temperature > 0:
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        kwargs.update(self._adapter_kwargs(adapters))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new = out[:, ids.shape[1]:].tolist()
+        result = []
+        for row in new:
+            end = next((k + 1 for k, tok in enumerate(row) if tok in self._eos_ids), len(row))
+            result.append(row[:end])
+        return result
 
     def _variant_ids(self, choices: Sequence[str]) -> list[list[list[int]]]:
         """Token-id sequences per choice (deduplicated); two choices sharing a sequence is an error."""

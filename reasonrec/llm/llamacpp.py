@@ -87,6 +87,7 @@ class LlamaCppLLM:
         self._contexts: list = []
         self._gen = self._open(logits_all=False)
         self._scorer = None
+        self._scored_prompt: tuple[int, ...] = ()  # prompt whose KV the scoring context holds
         # Close the contexts before interpreter teardown; llama-cpp-python's __del__ fails noisily after it.
         weakref.finalize(self, _close_all, self._contexts)
         meta = self._gen.metadata
@@ -143,7 +144,10 @@ class LlamaCppLLM:
             for s in range(n):
                 # Without a reset llama-cpp-python reuses the KV cache of a shared prefix, whose logits differ in
                 # the last bits from a fresh prefill; greedy outputs would then depend on the previous call.
-                self._gen.reset()
+                # Samples 2..n of a prompt do reuse the prompt's KV (one prefill per prompt): what precedes them
+                # is the same in every run, so they stay reproducible.
+                if s == 0:
+                    self._gen.reset()
                 res = self._gen.create_completion(
                     ids, max_tokens=min(max_new_tokens, self.options.n_ctx - len(ids)), temperature=temperature,
                     top_p=top_p, top_k=0, min_p=0.0, repeat_penalty=1.0, seed=seed * 1000 + s,
@@ -155,17 +159,28 @@ class LlamaCppLLM:
         return out
 
     def _score(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
-        """log p(completion token t | prompt, tokens < t) for every completion token."""
+        """log p(completion token t | prompt, tokens < t) for every completion token.
+
+        The prompt is evaluated once and kept in the scoring context: scoring further completions of the same
+        prompt (the variants of ``choice_probs``, chosen and rejected in DPO) only evaluates the completion, and a
+        one-token completion needs no evaluation at all (its logits are the prompt's last row). The final
+        completion token is never evaluated: nothing reads the logits after it.
+        """
         if self._scorer is None:
             self._scorer = self._open(logits_all=True)
         llm = self._scorer
-        full = prompt_ids + completion_ids
-        if len(full) > self.options.n_ctx:
-            raise BackendError(f"prompt + completion = {len(full)} tokens > llm.options.n_ctx={self.options.n_ctx}")
-        llm.reset()
-        llm.eval(full)
         start = len(prompt_ids)
-        logits = np.asarray(llm.scores[start - 1:len(full) - 1], dtype=np.float64)  # (T_c, V)
+        if start + len(completion_ids) > self.options.n_ctx:
+            raise BackendError(f"prompt + completion = {start + len(completion_ids)} tokens > "
+                               f"llm.options.n_ctx={self.options.n_ctx}")
+        if self._scored_prompt != tuple(prompt_ids):
+            llm.reset()
+            llm.eval(prompt_ids)
+            self._scored_prompt = tuple(prompt_ids)
+        llm.n_tokens = start  # drop the previous completion; llama.eval trims the KV cache from here
+        if len(completion_ids) > 1:
+            llm.eval(completion_ids[:-1])
+        logits = np.asarray(llm.scores[start - 1:start - 1 + len(completion_ids)], dtype=np.float64)  # (T_c, V)
         logz = np.logaddexp.reduce(logits, axis=-1)
         return [float(logits[t, tok] - logz[t]) for t, tok in enumerate(completion_ids)]
 

@@ -50,6 +50,12 @@ def load_experiment(path: str | Path):
 def run_experiment(path: str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None) -> dict:
     """Validate the experiment at ``path`` and run it; returns the method's results dict."""
     module, cfg = load_experiment(path)
+    return run_loaded(module, cfg, run_dir, data_dir)
+
+
+def run_loaded(module: ModuleType, cfg, run_dir: str | Path | None = None,
+               data_dir: str | Path | None = None) -> dict:
+    """Run a validated experiment; ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) override the config's."""
     if run_dir is not None:
         cfg.run_dir = Path(run_dir)
     if data_dir is not None:

@@ -177,6 +177,7 @@ def stage_train(cfg: Config, run: RunDir) -> dict[str, Path]:
                              "warmup_ratio": 0.1, "per_device_train_batch_size": cfg.train.batch_size,
                              "max_length": cfg.train.max_length, "logging_steps": 1},
             })
+            run.log(f"train {side}_{role}: LoRA SFT on {len(df)} samples")
             adapters[f"{side}_{role}"] = train_sft(sft, df).adapter_dir
     return adapters
 

@@ -10,7 +10,6 @@ early-stops on the AUC of a held-out 10% of them, and the test lists are ranked 
 from __future__ import annotations
 
 import numpy as np
-
 import torch
 
 from ..eval import metrics as M
@@ -49,8 +48,10 @@ def run_ctr(name: str, splits, tables, model_cfg: CTRModelConfig | None = None,
     scores = probs.reshape(n_lists, -1)
     pos_index = test_rows["label"].to_numpy().reshape(n_lists, -1).argmax(1)
     draws = splits.test["draw"].to_numpy() if "draw" in splits.test.columns else None
+    point = M.pointwise_report(test_rows["user_id"].to_numpy(), test_rows["label"].to_numpy(), probs)
+    # the per-user ndcg@5/map@5 of the pointwise report would overwrite the candidate-list ones
+    out.update({k: point[k] for k in ("auc", "uauc", "logloss", "acc")})
     out.update(M.ranking_report(scores, pos_index, draws=draws))
-    out.update(M.pointwise_report(test_rows["user_id"].to_numpy(), test_rows["label"].to_numpy(), probs))
     return out
 
 

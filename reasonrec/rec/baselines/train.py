@@ -324,7 +324,8 @@ def train_baseline(name: str, splits, tables, cfg: BaselineConfig | dict | None 
 
     ``name`` is one of :data:`BASELINES`, optionally with the suffix ``_full`` (STARec Tab. 4: trained on every
     user's interactions). Returns :func:`~reasonrec.eval.metrics.pointwise_report` for pointwise protocols and
-    :func:`~reasonrec.eval.metrics.ranking_report` (averaged over negative draws) for starec, plus
+    :func:`~reasonrec.eval.metrics.ranking_report` (averaged over negative draws) for starec — with AUC, UAUC,
+    LogLoss and ACC of the candidate rows (σ(logit) as probability; ranking losses leave it uncalibrated) — plus
     ``best_epoch`` and ``fit_seconds``; with ``return_model`` a tuple (metrics, fitted recommender).
     """
     if isinstance(cfg, dict):
@@ -347,6 +348,13 @@ def train_baseline(name: str, splits, tables, cfg: BaselineConfig | dict | None 
     if test.candidates is not None:
         scores = rec.score_candidates(test.user_ids, test.hist, test.candidates)
         out = ranking_report(scores, test.pos_index, draws=test.draws)
+        # The same lists as pointwise rows (positive = 1, its 19 negatives = 0), as the CTR pipeline reports them.
+        # Only the global metrics: the per-user NDCG of pointwise_report would clash with the list NDCG above.
+        labels = np.zeros(test.candidates.shape, dtype=np.int64)
+        labels[np.arange(len(labels)), test.pos_index] = 1
+        probs = 1.0 / (1.0 + np.exp(-scores.astype(np.float64)))
+        pw = pointwise_report(np.repeat(test.user_ids, labels.shape[1]), labels.ravel(), probs.ravel())
+        out.update({k: pw[k] for k in ("auc", "uauc", "logloss", "acc")})
     else:
         out = pointwise_report(test.user_ids, test.labels, rec.score(test.user_ids, test.item_ids, test.hist))
     out = {k: round(float(v), 6) for k, v in out.items()}
