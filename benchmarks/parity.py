@@ -208,7 +208,7 @@ def published_check(ml1m_dir, seed: int = 0) -> list[dict] | str:
             ours = m["auc"] if proto == "collm" else 100 * m["ndcg@10"]
             tol = 0.015 if proto == "collm" else 2.0
             rows.append(dict(protocol=proto, model=name, metric="auc" if proto == "collm" else "ndcg@10",
-                             ours=ours, published=pub, diff=ours - pub, ok=abs(ours - pub) <= tol,
+                             ours=ours, published=pub, diff=ours - pub, ok=bool(abs(ours - pub) <= tol),
                              seconds=time.monotonic() - t0))
             print(f"  [ml-1m {proto} {name}] {ours:.4f} vs published {pub}", flush=True)
     return rows

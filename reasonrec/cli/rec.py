@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,15 +18,15 @@ def train(
                                             "gru4rec; '_full' suffix for starec).")] = "din",
     dataset: Annotated[str, typer.Option(help="ml-100k, ml-1m, amazon, yelp.")] = "ml-100k",
     protocol: Annotated[str, typer.Option(help="collm, kar, starec, tallrec.")] = "collm",
-    data_dir: Annotated[Optional[Path], typer.Option(envvar="REASONREC_DATA_DIR", help="Raw dataset folder.")] = None,
-    category: Annotated[Optional[str], typer.Option(help="Amazon category.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(envvar="REASONREC_DATA_DIR", help="Raw dataset folder.")] = None,
+    category: Annotated[str | None, typer.Option(help="Amazon category.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, init and shuffling.")] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs (early stopping on valid AUC); default: the model's (CTR 20).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping on valid AUC); default: the model's (CTR 20).")] = None,
     batch_size: Annotated[int, typer.Option()] = 1024,
     lr: Annotated[float, typer.Option()] = 1e-3,
     embedding_dim: Annotated[int, typer.Option()] = 32,
     connector: Annotated[str, typer.Option(help="mlp, moe or hybrid.")] = "mlp",
-    item_knowledge: Annotated[Optional[str], typer.Option(
+    item_knowledge: Annotated[str | None, typer.Option(
         help="Add an item knowledge field: titles + genres encoded by this encoder (e.g. 'minilm').")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads (1 is fastest on a shared machine).")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

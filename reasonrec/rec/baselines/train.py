@@ -54,8 +54,10 @@ class BaselineConfig(Section):
         max_len: history length the sequence models read; default 50 (starec sequences hold 40).
         lr: Adam learning rate; default 1e-3 (SASRec paper, LightGCN paper).
         weight_decay: Adam L2; default 0 for sequence models, 1e-5 for MF / LightGCN / BPR (ThinkRec grid 1e-5..1e-7).
-        batch_size: default 1024 (ThinkRec MF) for ID models, 256 samples / 128 sequences (SASRec paper) for
-            sequence models in pointwise / implicit mode.
+        batch_size: pointwise protocols: 1024 (ThinkRec MF) for ID models, 256 for sequence models; starec: 128
+            (sequences for SASRec-style models, SASRec paper; pairs for MF / BPR / LightGCN — BPR is per-sample
+            SGD in the paper and in cornac, and 1024 left only ~25 Adam steps per epoch on ML-100K starec:
+            validation NDCG@10 0.596 → 0.603, test 0.618 → 0.634 with 128).
         epochs: maximum epochs; default 60. patience: epochs without validation gain before stopping; default 5.
         n_negatives: sampled negatives per positive in implicit mode; default 1 (BPR, SASRec), 32 for MF-BCE and
             gSASRec (paper uses 256 with much larger catalogues).
@@ -138,7 +140,10 @@ class BaselineRecommender:
         if cfg.weight_decay is None:
             upd["weight_decay"] = 0.0 if seq else 1e-5
         if cfg.batch_size is None:
-            upd["batch_size"] = (128 if self.protocol_kind == "ranking" else 256) if seq else 1024
+            if self.protocol_kind == "ranking":
+                upd["batch_size"] = 128
+            else:
+                upd["batch_size"] = 256 if seq else 1024
         if cfg.n_negatives is None:
             upd["n_negatives"] = 32 if self.name in ("mf", "gsasrec") else 1
         return cfg.model_copy(update=upd)

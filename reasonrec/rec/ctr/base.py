@@ -120,8 +120,12 @@ class CTRBase(nn.Module):
         return 2 * self.cfg.embedding_dim
 
     def cats_repr(self, cats: torch.Tensor) -> torch.Tensor:
-        # cats (..., C) -> (..., D): mean over the item's non-padding categories
-        return masked_mean(self.cat_emb(cats), cats > 0, dim=-2)
+        # cats (..., C) -> (..., D): mean over the item's non-padding categories (zeros if it has none).
+        # Why embedding_bag: same result as masked_mean(cat_emb(cats), cats > 0) without materialising the
+        # (..., C, D) tensor — the largest one in DIN/DIEN's history path.
+        flat = cats.reshape(-1, cats.shape[-1])
+        out = nn.functional.embedding_bag(flat, self.cat_emb.weight, mode="mean", padding_idx=0)
+        return out.view(*cats.shape[:-1], -1)
 
     def item_repr(self, item_ids: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item_emb(item_ids), self.cats_repr(cats)], dim=-1)  # (..., 2D)
