@@ -36,7 +36,9 @@ def synth_world(n_users: int = 60, n_items: int = 40, n_samples: int = 1500, his
         k = int(rng.integers(0, hist_len + 1))
         h = rng.integers(1, n_items + 1, k)
         r = np.where(item_genre[h] == fav[uu], 5.0, 1.0).astype(np.float32)
-        hists.append(h.astype(np.int64)); rats.append(r); labs.append((r > 3).astype(np.int8))
+        hists.append(h.astype(np.int64))
+        rats.append(r)
+        labs.append((r > 3).astype(np.int8))
     df = pd.DataFrame({"user_id": u, "item_id": i, "rating": np.where(label, 5.0, 1.0).astype(np.float32),
                        "label": label, "timestamp": np.arange(n_samples), "hist_item_ids": hists,
                        "hist_ratings": rats, "hist_labels": labs})
