@@ -100,6 +100,24 @@ def as_messages(prompt: Prompt, system_prompt: str | None = None) -> list[dict[s
     return messages
 
 
+def split_response_prefix(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """A chat whose last message is the assistant's is a *response prefix* (priming): the model continues that
+    text instead of starting a new turn. Returns the chat without it and the prefix ("" when there is none).
+    Generated texts exclude the prefix."""
+    if len(messages) > 1 and messages[-1]["role"] == "assistant":
+        return messages[:-1], messages[-1]["content"]
+    return messages, ""
+
+
+def chat_text(tokenizer, prompt: Prompt, system_prompt: str | None = None, template: bool = True) -> str:
+    """The text a model sees: the tokenizer's chat template with the generation prompt (plain paragraphs when
+    there is no template), followed by the response prefix if the chat has one."""
+    messages, prefix = split_response_prefix(as_messages(prompt, system_prompt))
+    if template and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
+    return "\n\n".join(m["content"] for m in messages) + ("\n\n" + prefix if prefix else "")
+
+
 def per_prompt_adapters(adapter: AdapterArg, n_prompts: int) -> list[str | None]:
     if adapter is None or isinstance(adapter, str):
         return [adapter] * n_prompts

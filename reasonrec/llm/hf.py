@@ -33,7 +33,7 @@ from .base import (
     Generation,
     Prompt,
     SequenceLogprob,
-    as_messages,
+    chat_text,
     check_generate_args,
     choice_variants,
     per_prompt_adapters,
@@ -191,11 +191,9 @@ class TransformersLLM:
     # ------------------------------------------------------------------------------------------ formatting
 
     def format(self, prompt: Prompt) -> str:
-        """The exact text the model sees (chat template applied, generation prompt appended)."""
-        messages = as_messages(prompt, self.options.system_prompt)
-        if self.options.chat_template and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages)
+        """The exact text the model sees (chat template applied, generation prompt appended, then the response
+        prefix if the chat ends with an assistant message)."""
+        return chat_text(self.tokenizer, prompt, self.options.system_prompt, self.options.chat_template)
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         templated = self.options.chat_template and getattr(self.tokenizer, "chat_template", None)

@@ -34,6 +34,7 @@ from .base import (
     choice_variants,
     per_prompt_adapters,
     renormalise,
+    split_response_prefix,
     truncate_at_stop,
 )
 
@@ -115,10 +116,10 @@ class LlamaCppLLM:
         return llm
 
     def format(self, prompt: Prompt) -> str:
-        messages = as_messages(prompt, self.options.system_prompt)
+        messages, prefix = split_response_prefix(as_messages(prompt, self.options.system_prompt))
         if self._formatter is None:
-            return "\n\n".join(m["content"] for m in messages)
-        return self._formatter(messages=messages).prompt
+            return "\n\n".join(m["content"] for m in messages) + ("\n\n" + prefix if prefix else "")
+        return self._formatter(messages=messages).prompt + prefix
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:
         ids = self._gen.tokenize(self.format(prompt).encode("utf-8"), add_bos=True, special=True)

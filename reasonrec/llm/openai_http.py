@@ -38,6 +38,7 @@ from .base import (
     choice_variants,
     per_prompt_adapters,
     renormalise,
+    split_response_prefix,
     truncate_at_stop,
 )
 
@@ -114,10 +115,17 @@ class OpenAICompatLLM:
             raise BackendError("the OpenAI-compatible backend selects adapters by model name: set llm.options.model "
                                "to the adapter's served name")
 
+    def _messages(self, prompt: Prompt) -> list[dict[str, str]]:
+        messages = as_messages(prompt, self.options.system_prompt)
+        if split_response_prefix(messages)[1]:  # chat APIs would read it as a finished turn, not a prefix
+            raise BackendError("a response prefix (a chat ending with an assistant message) needs a local backend "
+                               "(transformers, llama.cpp, vLLM); the OpenAI-compatible chat API cannot continue it")
+        return messages
+
     def format(self, prompt: Prompt) -> Any:
         if self._tokenizer is not None:
             return self._render(prompt)
-        return as_messages(prompt, self.options.system_prompt)
+        return self._messages(prompt)
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
@@ -132,7 +140,7 @@ class OpenAICompatLLM:
             attempt = 0
             while len(texts) < n:
                 r = self._call("chat completion", self.client.chat.completions.create, model=self.model,
-                               messages=as_messages(prompt, self.options.system_prompt), n=n - len(texts),
+                               messages=self._messages(prompt), n=n - len(texts),
                                temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                                stop=list(stop) if stop else None, seed=seed * 1000 + attempt)
                 attempt += 1
@@ -159,7 +167,7 @@ class OpenAICompatLLM:
 
         def one(prompt: Prompt) -> list[float]:
             r = self._call("chat completion (logprobs)", self.client.chat.completions.create, model=self.model,
-                           messages=as_messages(prompt, self.options.system_prompt), max_tokens=1, temperature=0.0,
+                           messages=self._messages(prompt), max_tokens=1, temperature=0.0,
                            logprobs=True, top_logprobs=self.options.top_logprobs)
             content = (r.choices[0].logprobs.content or []) if r.choices and r.choices[0].logprobs else []
             if not content:
@@ -190,7 +198,7 @@ class OpenAICompatLLM:
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self.options.tokenizer),
                                                             local_files_only=True)
-        return self._tokenizer.apply_chat_template(as_messages(prompt, self.options.system_prompt), tokenize=False,
+        return self._tokenizer.apply_chat_template(self._messages(prompt), tokenize=False,
                                                    add_generation_prompt=True)
 
     def sequence_logprob(self, prompts: Sequence[Prompt], completions: Sequence[str],

@@ -26,7 +26,7 @@ from .base import (
     Generation,
     Prompt,
     SequenceLogprob,
-    as_messages,
+    chat_text,
     check_generate_args,
     choice_variants,
     per_prompt_adapters,
@@ -98,10 +98,7 @@ class VLLMBackend:
         return [self._lora[a] if a is not None else None for a in names]
 
     def format(self, prompt: Prompt) -> str:
-        messages = as_messages(prompt, self.options.system_prompt)
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(m["content"] for m in messages)
+        return chat_text(self.tokenizer, prompt, self.options.system_prompt)
 
     def _prompt_ids(self, prompt: Prompt) -> list[int]:
         return self.tokenizer(self.format(prompt), add_special_tokens=False)["input_ids"]

@@ -65,6 +65,8 @@ class GenerationSection(Section):
         max_refine_steps: refinement rounds of the iterative strategy; R4ec §4.1.5 default 1.
         filter_k: actor samples per entity for reflection-as-a-filter; default 3.
         filter_temperature: sampling temperature of those samples.
+        prime: start every answer with its opening tag (``<User Preference>``, ``<Final Judgement>`` ...):
+            response priming, which small models need to answer in the tagged format at all. Local backends only.
     """
 
     max_new_tokens: int = Field(200, ge=8)
@@ -72,6 +74,7 @@ class GenerationSection(Section):
     max_refine_steps: int = Field(1, ge=0)
     filter_k: int = Field(3, ge=1)
     filter_temperature: float = Field(0.8, gt=0)
+    prime: bool = False
 
 
 class ActorTrainSection(Section):
@@ -141,7 +144,8 @@ def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
 
     teacher = load_llm(cfg.teacher.name, backend=cfg.teacher.backend,
                        cache=cfg.teacher.cache or run.root / "llm_cache.sqlite", **cfg.teacher.options)
-    gen = steps.GenArgs(cfg.generation.max_new_tokens, 0.0, cfg.generation.max_attempts, cfg.data.seed)
+    gen = steps.GenArgs(cfg.generation.max_new_tokens, 0.0, cfg.generation.max_attempts, cfg.data.seed,
+                         cfg.generation.prime)
     branches, files = {}, []
     for side in ("user", "item"):
         built = steps.construct(teacher, side, ctx.domain, ctx.cases(side, cfg.subset.construct_fraction), gen)
@@ -200,7 +204,7 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
         for name, path in trained.items():
             llm.load_adapter(name, path)
     g = cfg.generation
-    gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed)
+    gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed, g.prime)
     stats, files = {}, []
     for side in ("user", "item"):
         ids, entities = ctx.entities(side)

@@ -44,6 +44,7 @@ class GenArgs:
     temperature: float = 0.0
     max_attempts: int = 2
     seed: int = 0
+    prime: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
@@ -56,6 +57,24 @@ def prompt(side: Side, step: str, domain: str, fields: dict[str, Any], *, with_t
     if not with_target:
         f[CONSTRUCTION_ONLY[side]] = None
     return render(f"r4ec_{side}_{step}", domain, **f)
+
+
+OPENING_TAG = {"reason": REASON_TAG, "refine": REFINE_TAG,
+               "reflect": {"user": "Final Judgement", "item": "Final Judgement"}}
+
+
+def _ask(llm, side: Side, step: str, prompts: list, parser, gen: GenArgs, **kwargs: Any):
+    """``generate_parsed`` for one step; with ``gen.prime`` every answer starts with the step's opening tag
+    (response priming), which small models need to write in the format at all."""
+    if gen.prime:
+        tag = f"<{OPENING_TAG[step][side]}>"
+        prompts = [[*p, {"role": "assistant", "content": tag}] for p in prompts]
+        parse = parser
+
+        def parser(text: str):  # the prefix is not part of the generated text
+            return parse(tag + text)
+
+    return generate_parsed(llm, prompts, parser, **{**gen.kwargs(), **kwargs})
 
 
 def reasoned_text(side: Side, knowledge: str, refined: bool = False) -> str:
@@ -100,13 +119,13 @@ def construct(teacher, side: Side, domain: str, cases: Sequence[dict[str, Any]],
     out = Constructed()
     kf = KNOWLEDGE_FIELD[side]
     reason_prompts = [prompt(side, "reason", domain, c["fields"], with_target=True) for c in cases]
-    reasoned = generate_parsed(teacher, reason_prompts, parse_reasoned, stats=out.parse, **gen.kwargs())
+    reasoned = _ask(teacher, side, "reason", reason_prompts, parse_reasoned, gen, stats=out.parse)
 
     alive = [i for i, r in enumerate(reasoned) if r.ok]
     out.branches["reason_unparsed"] += len(cases) - len(alive)
     reflect_prompts = [prompt(side, "reflect", domain, cases[i]["fields"], with_target=True,
                               **{kf: reasoned[i].value.knowledge}) for i in alive]
-    judged = generate_parsed(teacher, reflect_prompts, parse_judgement, stats=out.parse, **gen.kwargs())
+    judged = _ask(teacher, side, "reflect", reflect_prompts, parse_judgement, gen, stats=out.parse)
 
     to_refine = []
     for i, j in zip(alive, judged, strict=True):
@@ -129,7 +148,7 @@ def construct(teacher, side: Side, domain: str, cases: Sequence[dict[str, Any]],
 
     refine_prompts = [prompt(side, "refine", domain, cases[i]["fields"], with_target=True,
                              **{kf: reasoned[i].value.knowledge}, reflection=refl) for i, refl, _ in to_refine]
-    refined = generate_parsed(teacher, refine_prompts, parse_reasoned, stats=out.parse, **gen.kwargs())
+    refined = _ask(teacher, side, "refine", refine_prompts, parse_reasoned, gen, stats=out.parse)
     for (i, refl, critic_in), rr in zip(to_refine, refined, strict=True):
         case = cases[i]
         if not rr.ok:
@@ -168,26 +187,28 @@ def iterative_refinement(llm, side: Side, domain: str, entities: Sequence[dict[s
     (or the empty string when the actor never produced one)."""
     kf = KNOWLEDGE_FIELD[side]
     out_stats = ParseStats()
-    first = generate_parsed(llm, [prompt(side, "reason", domain, e, with_target=False) for e in entities],
-                            _knowledge_parser, adapter=actor, stats=out_stats, **gen.kwargs())
+    first = _ask(llm, side, "reason", [prompt(side, "reason", domain, e, with_target=False) for e in entities],
+                 _knowledge_parser, gen, adapter=actor, stats=out_stats)
     current = [r.value.knowledge if r.ok else "" for r in first]
     res = Refinement(first=list(current), final=current, parse=out_stats)
     pending = [i for i, t in enumerate(current) if t]
     for step in range(max_steps + 1):
         if not pending:
             break
-        judged = generate_parsed(
-            llm, [prompt(side, "reflect", domain, entities[i], with_target=False, **{kf: current[i]}) for i in pending],
-            parse_judgement, adapter=reflector, stats=out_stats, **gen.kwargs())
+        judged = _ask(
+            llm, side, "reflect",
+            [prompt(side, "reflect", domain, entities[i], with_target=False, **{kf: current[i]}) for i in pending],
+            parse_judgement, gen, adapter=reflector, stats=out_stats)
         bad = [(i, j.value.reflection) for i, j in zip(pending, judged, strict=True) if j.ok and not j.value.reasonable]
         if step == 0:
             res.judged_unreasonable_first = len(bad)
         res.judged_unreasonable_final = len(bad)
         if step == max_steps or not bad:
             break
-        refined = generate_parsed(
-            llm, [prompt(side, "refine", domain, entities[i], with_target=False, **{kf: current[i]}, reflection=refl)
-                  for i, refl in bad], _knowledge_parser, adapter=actor, stats=out_stats, **gen.kwargs())
+        refined = _ask(
+            llm, side, "refine",
+            [prompt(side, "refine", domain, entities[i], with_target=False, **{kf: current[i]}, reflection=refl)
+             for i, refl in bad], _knowledge_parser, gen, adapter=actor, stats=out_stats)
         pending = []
         for (i, _), r in zip(bad, refined, strict=True):
             if r.ok:
@@ -220,16 +241,17 @@ def reflection_filter(llm, side: Side, domain: str, entities: Sequence[dict[str,
     prompts = [prompt(side, "reason", domain, e, with_target=False) for e in entities]
     samples: list[list[str]] = []
     for s in range(k):  # one seed per sample index, so every sample is cached on its own
-        args = dict(gen.kwargs(), temperature=temperature, seed=gen.seed + 1000 * (s + 1))
-        got = generate_parsed(llm, prompts, _knowledge_parser, adapter=actor, stats=stats, **args)
+        got = _ask(llm, side, "reason", prompts, _knowledge_parser, gen, adapter=actor, stats=stats,
+                   temperature=temperature, seed=gen.seed + 1000 * (s + 1))
         for i, r in enumerate(got):
             if s == 0:
                 samples.append([])
             samples[i].append(r.value.knowledge if r.ok else "")
     flat = [(i, s) for i in range(len(entities)) for s in range(k) if samples[i][s]]
-    judged = generate_parsed(
-        llm, [prompt(side, "reflect", domain, entities[i], with_target=False, **{kf: samples[i][s]}) for i, s in flat],
-        parse_judgement, adapter=reflector, stats=stats, **gen.kwargs())
+    judged = _ask(
+        llm, side, "reflect",
+        [prompt(side, "reflect", domain, entities[i], with_target=False, **{kf: samples[i][s]}) for i, s in flat],
+        parse_judgement, gen, adapter=reflector, stats=stats)
     keep = [[False] * k for _ in entities]
     for (i, s), j in zip(flat, judged, strict=True):
         keep[i][s] = bool(j.ok and j.value.reasonable)
