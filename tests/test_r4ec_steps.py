@@ -147,3 +147,44 @@ def test_reflection_filter_samples_k_and_keeps_the_reasonable_ones():
     assert len(res.samples[0]) == 3 and len(set(res.samples[0])) == 3  # a distinct seed per sample
     assert res.keep == [[True, False, True]]
     assert res.kept_fraction == pytest.approx(2 / 3)
+
+
+class Primed(Scripted):
+    """Answers as a primed model does: the prompt ends with the assistant's opening tag, which the answer
+    continues (so the answer itself lacks it)."""
+
+    def generate(self, prompts, **kwargs):
+        prefixes = []
+        for p in prompts:
+            assert p[-1]["role"] == "assistant", "a primed prompt ends with the response prefix"
+            prefixes.append(p[-1]["content"])
+        out = super().generate([p[:-1] for p in prompts], **kwargs)
+        for prefix, g in zip(prefixes, out, strict=True):
+            assert g.texts[0].startswith(prefix), (prefix, g.texts[0])
+            g.texts[0] = g.texts[0][len(prefix):]
+        return out
+
+
+def test_priming_starts_each_answer_with_its_tag():
+    script = {
+        0: {"reason": reason(True), "reflect": judge(True)},
+        1: {"reason": reason(False), "reflect": judge(False), "refine": reason(True, "Refined User Preference")},
+    }
+    primed = steps.GenArgs(max_new_tokens=32, max_attempts=1, prime=True)
+    built = steps.construct(Primed(script), "user", "movie", [user_case(0, 1), user_case(1, 1)], primed)
+    assert dict(+built.branches) == {"correct_reasonable": 1, "wrong_unreasonable": 1, "refined_correct": 1}
+    # the SFT targets keep the full tagged answer: an actor trained on them writes the tag, primed or not
+    assert built.reason[0]["completion"].startswith("<User Preference>Likes dramas.")
+    assert built.refine[0]["completion"].startswith("<Refined User Preference>")
+
+
+def test_transformers_format_continues_a_response_prefix(tiny_model_path):
+    from reasonrec.llm.hf import TransformersLLM
+
+    llm = TransformersLLM(str(tiny_model_path))
+    chat = [{"role": "user", "content": "Summarise."}]
+    plain = llm.format(chat)
+    primed = llm.format([*chat, {"role": "assistant", "content": "<User Preference>"}])
+    assert primed == plain + "<User Preference>"  # the generation prompt, then the prefix; no closed turn
+    g = llm.generate([[*chat, {"role": "assistant", "content": "<User Preference>"}]], max_new_tokens=4)[0]
+    assert g.completion_tokens[0] <= 4 and not g.text.startswith("<User Preference>")

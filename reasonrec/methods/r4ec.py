@@ -285,19 +285,30 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     infer_stats = stage_infer(cfg, run_dir, ctx, adapters)
     knowledge = stage_encode(cfg, run_dir, ctx)
     results = stage_rec(cfg, run_dir, ctx, knowledge)
-    summary = {"branches": branches, "inference": infer_stats, "rec": results}
+    both = pd.concat([ctx.splits.train, ctx.splits.test])
+    data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test), "users": int(both["user_id"].nunique()),
+            "items": int(both["item_id"].nunique())}
+    seconds = {name: run_dir.stage(name).info().get("seconds") for name in ("construct", "infer", "encode", "rec")}
+    summary = {"data": data, "stage_seconds": seconds, "branches": branches, "inference": infer_stats,
+               "rec": results}
     io.write_json(run_dir.root / "results.json", summary)
-    io.write_text(run_dir.root / "results.md", results_table(results, branches, infer_stats))
+    io.write_text(run_dir.root / "results.md", results_table(summary))
     return summary
 
 
-def results_table(results: dict, branches: dict, infer_stats: dict) -> str:
-    lines = ["| backbone | variant | AUC | LogLoss |", "|---|---|---|---|"]
-    for backbone, by_variant in results.items():
+def results_table(summary: dict) -> str:
+    """AUC and LogLoss per backbone × variant (mean ± sd over seeds, and the AUC difference to the backbone alone),
+    then the data sizes, Algorithm 1's branch counts and the inference statistics."""
+    lines = ["| backbone | variant | AUC | ± sd | Δ AUC vs base | LogLoss |", "|---|---|---|---|---|---|"]
+    for backbone, by_variant in summary["rec"].items():
+        base = by_variant.get("base", {}).get("auc")
         for variant in VARIANTS:
             if variant in by_variant:
                 r = by_variant[variant]
-                lines.append(f"| {backbone} | {variant} | {r['auc']:.4f} | {r['logloss']:.4f} |")
-    lines += ["", "Algorithm 1 branches:", "```", json.dumps(branches, indent=2), "```",
-              "", "Inference:", "```", json.dumps(infer_stats, indent=2), "```"]
+                sd = float(np.std([x["auc"] for x in r.get("runs", [])] or [0.0]))
+                delta = "" if base is None or variant == "base" else f"{r['auc'] - base:+.4f}"
+                lines.append(f"| {backbone} | {variant} | {r['auc']:.4f} | {sd:.4f} | {delta} | {r['logloss']:.4f} |")
+    for title, key in (("Samples", "data"), ("Stage seconds", "stage_seconds"), ("Algorithm 1 branches", "branches"),
+                       ("Inference", "inference")):
+        lines += ["", f"{title}:", "```", json.dumps(summary.get(key, {}), indent=2), "```"]
     return "\n".join(lines) + "\n"
