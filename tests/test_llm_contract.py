@@ -187,3 +187,63 @@ def test_bad_arguments_raise_backend_errors(llm):
     if "sequence_logprob" in llm.supports:
         with pytest.raises(BackendError):
             llm.sequence_logprob(PROMPTS, ["only one"])
+
+
+# --- llama.cpp: the batched generate path (continuous batching over llama.cpp sequences) -------------------------
+
+
+@pytest.fixture(scope="module")
+def llamacpp_llm():
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'reasonrec[llamacpp]')")
+    # parallel=2 < the number of rows: finished rows must hand their sequence over to waiting ones.
+    return load_llm("smollm2-135m", backend="llamacpp", n_ctx=512, n_threads=1, system_prompt=SYSTEM, parallel=2)
+
+
+def _one_at_a_time(llm, *args, **kwargs):
+    """The same call through llama-cpp-python's own create_completion, one prompt and one sample at a time."""
+    parallel = llm.options.parallel
+    llm.options.parallel = 1
+    try:
+        return llm.generate(*args, **kwargs)
+    finally:
+        llm.options.parallel = parallel
+
+
+LLAMACPP_PROMPTS = PROMPTS + ["Write a haiku about rain."]  # "No." ends early, the haiku runs to the limit
+
+
+def test_llamacpp_batched_greedy_equals_one_at_a_time(llamacpp_llm):
+    batched = llamacpp_llm.generate(LLAMACPP_PROMPTS, max_new_tokens=16)
+    single = _one_at_a_time(llamacpp_llm, LLAMACPP_PROMPTS, max_new_tokens=16)
+    assert [g.texts for g in batched] == [g.texts for g in single]
+    assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in single]
+    assert [g.prompt_tokens for g in batched] == [g.prompt_tokens for g in single]
+    assert len({g.completion_tokens[0] for g in batched}) > 1  # rows of different lengths left the batch
+    # A prompt alone (the whole prompt is then the shared prefix) gives the same text as inside the batch.
+    assert llamacpp_llm.generate(LLAMACPP_PROMPTS[-1:], max_new_tokens=16)[0].texts == batched[-1].texts
+
+
+def test_llamacpp_batched_samples_are_seeded_per_row(llamacpp_llm):
+    kw = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8)
+    gens = llamacpp_llm.generate(PROMPTS[:2], seed=3, **kw)
+    assert all(len(set(g.texts)) > 1 for g in gens[:1])  # three samples of "Say hello." are not one text
+    assert [g.texts for g in llamacpp_llm.generate(PROMPTS[:2], seed=3, **kw)] == [g.texts for g in gens]
+    assert [g.texts for g in llamacpp_llm.generate(PROMPTS[:2], seed=4, **kw)] != [g.texts for g in gens]
+    # A row's seed is its own (prompt, sample), not its slot or its neighbours: all six rows in one decode give the
+    # same texts as two at a time.
+    parallel = llamacpp_llm.options.parallel
+    llamacpp_llm.options.parallel = 16
+    try:
+        assert [g.texts for g in llamacpp_llm.generate(PROMPTS[:2], seed=3, **kw)] == [g.texts for g in gens]
+    finally:
+        llamacpp_llm.options.parallel = parallel
+
+
+def test_llamacpp_batched_stop_strings(llamacpp_llm):
+    batched = llamacpp_llm.generate(LLAMACPP_PROMPTS, max_new_tokens=16, stop=STOP)
+    single = _one_at_a_time(llamacpp_llm, LLAMACPP_PROMPTS, max_new_tokens=16, stop=STOP)
+    assert [g.texts for g in batched] == [g.texts for g in single]
+    assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in single]
+    assert all(g.text and not any(s in g.text for s in STOP) for g in batched)
+    assert max(g.completion_tokens[0] for g in batched) < 16  # stopped early, not cut afterwards
