@@ -86,9 +86,9 @@ def test_smollm2_adapter_trains_saves_and_loads_by_folder(tmp_path):
 
     cfg = SFTConfig.model_validate({
         "model": {"name": "smollm2-135m"}, "data": {"train": "unused.jsonl"},
-        "training": {"output_dir": str(tmp_path), "max_steps": 3, "learning_rate": 1e-3, "logging_steps": 1,
+        "training": {"output_dir": str(tmp_path), "max_steps": 4, "learning_rate": 1e-3, "logging_steps": 1,
                      "save_steps": 100, "per_device_train_batch_size": 2}})
-    result = train_sft(cfg, PAIRS)
+    result = train_sft(cfg, PAIRS.head(2))  # one batch, seen at every step: its loss must fall
     assert result.losses[-1] < result.losses[0]
     tok = AutoTokenizer.from_pretrained(result.adapter_dir)
     ids = tok("Do you like Alien?", return_tensors="pt")["input_ids"]
