@@ -115,7 +115,12 @@ def chat_text(tokenizer, prompt: Prompt, system_prompt: str | None = None, templ
     messages, prefix = split_response_prefix(as_messages(prompt, system_prompt))
     if template and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
-    return "\n\n".join(m["content"] for m in messages) + ("\n\n" + prefix if prefix else "")
+    return plain_text(messages, prefix)
+
+
+def plain_text(messages: list[dict[str, str]], prefix: str = "") -> str:
+    """A chat for a model without a chat template: the contents as paragraphs, then the response prefix."""
+    return "\n\n".join([m["content"] for m in messages] + ([prefix] if prefix else []))
 
 
 def per_prompt_adapters(adapter: AdapterArg, n_prompts: int) -> list[str | None]:

@@ -53,6 +53,7 @@ from .base import (
     check_generate_args,
     choice_variants,
     per_prompt_adapters,
+    plain_text,
     renormalise,
     split_response_prefix,
     truncate_at_stop,
@@ -143,7 +144,7 @@ class LlamaCppLLM:
     def format(self, prompt: Prompt) -> str:
         messages, prefix = split_response_prefix(as_messages(prompt, self.options.system_prompt))
         if self._formatter is None:
-            return "\n\n".join(m["content"] for m in messages) + ("\n\n" + prefix if prefix else "")
+            return plain_text(messages, prefix)
         return self._formatter(messages=messages).prompt + prefix
 
     def encode_prompt(self, prompt: Prompt) -> list[int]:

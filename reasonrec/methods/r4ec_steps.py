@@ -66,15 +66,12 @@ OPENING_TAG = {"reason": REASON_TAG, "refine": REFINE_TAG,
 def _ask(llm, side: Side, step: str, prompts: list, parser, gen: GenArgs, **kwargs: Any):
     """``generate_parsed`` for one step; with ``gen.prime`` every answer starts with the step's opening tag
     (response priming), which small models need to write in the format at all."""
-    if gen.prime:
-        tag = f"<{OPENING_TAG[step][side]}>"
-        prompts = [[*p, {"role": "assistant", "content": tag}] for p in prompts]
-        parse = parser
-
-        def parser(text: str):  # the prefix is not part of the generated text
-            return parse(tag + text)
-
-    return generate_parsed(llm, prompts, parser, **{**gen.kwargs(), **kwargs})
+    if not gen.prime:
+        return generate_parsed(llm, prompts, parser, **{**gen.kwargs(), **kwargs})
+    tag = f"<{OPENING_TAG[step][side]}>"
+    primed = [[*p, {"role": "assistant", "content": tag}] for p in prompts]
+    # the prefix is not part of the generated text; the parser reads the whole answer
+    return generate_parsed(llm, primed, lambda text: parser(tag + text), **{**gen.kwargs(), **kwargs})
 
 
 def reasoned_text(side: Side, knowledge: str, refined: bool = False) -> str:
