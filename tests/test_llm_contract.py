@@ -247,3 +247,56 @@ def test_llamacpp_batched_stop_strings(llamacpp_llm):
     assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in single]
     assert all(g.text and not any(s in g.text for s in STOP) for g in batched)
     assert max(g.completion_tokens[0] for g in batched) < 16  # stopped early, not cut afterwards
+
+
+def test_llamacpp_decode_calls_carry_consecutive_sequences(llamacpp_llm, monkeypatch):
+    """llama.cpp computes a batch over separate KV streams as one step per run of consecutive sequence ids, so
+    every decode call must carry sequences 0..k-1 in order; when rows finish with none waiting, the highest rows
+    move down, and their texts stay those of the one-at-a-time path."""
+    import llama_cpp
+
+    from reasonrec.llm.llamacpp import LlamaCppLLM
+
+    calls, moves = [], []
+    decode, seq_cp = LlamaCppLLM._decode, llama_cpp.llama_memory_seq_cp
+
+    def record_decode(ctx, batch, n_running):
+        calls.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        decode(ctx, batch, n_running)
+
+    def record_cp(memory, src, dst, p0, p1):
+        moves.append((src, dst))
+        return seq_cp(memory, src, dst, p0, p1)
+
+    monkeypatch.setattr(LlamaCppLLM, "_decode", staticmethod(record_decode))
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", record_cp)
+    monkeypatch.setattr(llamacpp_llm.options, "parallel", 4)
+    # Four rows that stop after a few tokens and one that runs to the limit: the long row starts in the highest
+    # sequence and must move down when the short ones finish.
+    prompts = ["Is the sky blue? Answer Yes or No.", "Is water wet? Answer Yes or No.",
+               "Is fire cold? Answer Yes or No.", "Write a haiku about rain."]
+    batched = llamacpp_llm.generate(prompts, max_new_tokens=16)
+    for seqs in calls:
+        distinct = list(dict.fromkeys(seqs))
+        assert distinct == list(range(len(distinct))), seqs
+    assert any(src > dst and src != 0 for src, dst in moves), moves  # a row moved down (not a prefix copy)
+    assert [g.texts for g in batched] == [g.texts for g in _one_at_a_time(llamacpp_llm, prompts, max_new_tokens=16)]
+
+
+def test_llamacpp_bundled_model_is_converted_once(tmp_path, monkeypatch):
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'reasonrec[llamacpp]')")
+    from llama_cpp import Llama
+
+    from reasonrec.llm import bundled
+    from reasonrec.llm.llamacpp import requantized
+
+    monkeypatch.setenv("REASONREC_CACHE_DIR", str(tmp_path))
+    path = requantized(bundled.smollm2_gguf(), "q8_0")
+    assert path.parent == tmp_path / "models" and [p.name for p in path.parent.iterdir()] == [path.name]
+    meta = Llama(str(path), vocab_only=True, verbose=False).metadata
+    assert meta["general.file_type"] == "7"  # LLAMA_FTYPE_MOSTLY_Q8_0
+    built = path.stat().st_mtime_ns
+    assert requantized(bundled.smollm2_gguf(), "q8_0") == path and path.stat().st_mtime_ns == built
+    llm = load_llm("smollm2-135m", backend="llamacpp", n_ctx=256, n_threads=1, requantize="q8_0")
+    assert llm.path == path and llm.generate(["Say hello."], max_new_tokens=4)[0].completion_tokens[0] > 0

@@ -15,12 +15,20 @@ single sequence only, so this loop is written on its low-level API (``llama_batc
 them, and the context copies the generation context's settings (flash attention off ...). ``parallel=1`` keeps the
 one-at-a-time ``create_completion`` path.
 
-Measured on 2 shared EPYC cores, 1 thread, Q4_1 SmolLM2-135M: a decode step costs ~10-12 ms per token whether it
-carries 1 or 64 tokens (the quantised dot products are compute-bound here, not weight-bandwidth-bound as on a GPU),
-so batching itself gains little per token; the speed-up comes mostly from the shared prefix and larger prefill
-batches. llama.cpp's CPU kernels are not batch-invariant (the same prompt read in one batch or as prefix + last
-token gives logits up to ~0.6 apart), so greedy texts match the one-at-a-time path except at near-ties (28/32
-ML-100K CoT prompts identical over 32 tokens; the rest diverge after 10+ tokens).
+llama.cpp runs a batch over separate KV streams as one compute step per run of consecutive sequence ids (in
+batch order), so the rows of a step are kept sorted by sequence id and a new row takes the lowest free id; before
+this, 16 rows cost 16 steps and batched decoding was no faster per token than one row at a time.
+
+The bundled SmolLM2 ships as Q4_1, a type llama.cpp's fast CPU matrix kernels (tinyBLAS) do not cover, and its Q4_1
+dot products quantize the activations to 8 bits; so by default (``requantize: auto``) the bundled file is converted
+once to BF16 in the user cache. Measured on this project's 2-core EPYC (AVX512-BF16), 1 thread, 32 ML-100K CoT
+prompts: reading the prompts takes 31 s in Q4_1, 15 s in Q8_0, 12 s in BF16; the whole greedy run of 128 tokens
+54 s in Q4_1 and 28 s in BF16 (``benchmarks/generation.py``). BF16 is also the type whose greedy texts match the fp32 transformers model ("What is the capital of
+France?" → "The capital of France is Paris." in BF16 and F32; Q4_1 and Q8_0 answer "L'Étoile, la Cité, ..."). A
+decode step stays compute-bound (about 6 ms per row in a step of 16 rows, 12 ms for a step of one row), so batching
+rows gains about 2× per generated token. llama.cpp's CPU kernels are not batch-invariant (the same prompt read in
+one batch or as prefix + last token gives slightly different logits), so greedy texts match the one-at-a-time path
+except at near-ties.
 
 Scoring needs logits at every position (``logits_all=True``), which costs an extra ``n_ctx × vocab`` buffer and
 slows prefill, so a second context that shares nothing but the file is opened lazily for scoring only.
@@ -32,15 +40,18 @@ backend does not take ``adapter=`` per call; load the adapter as ``options.lora_
 from __future__ import annotations
 
 import ctypes
+import heapq
 import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
+from .. import io
 from ..config import Section
 from ..errors import BackendError
 from . import bundled
@@ -75,6 +86,10 @@ class LlamaCppOptions(Section):
             cells, each sequence in its own stream (``n_ctx`` still bounds one sequence).
         lora_path: a GGUF LoRA adapter applied at load time (see the module docstring).
         system_prompt: system message prepended to prompts that have none (default: the template's own).
+        requantize: weight type to convert the GGUF to, once, into the user cache (``reasonrec.io.cache_dir()``):
+            ``q8_0``, ``bf16``, ``f16``, ``f32`` or ``none`` (use the file as it is). ``auto`` (default) converts
+            the bundled Q4_1 alias to ``bf16``, faster and closer to the fp32 model here (see the module docstring),
+            and leaves other files alone: converting a large model up raises its memory traffic per token.
     """
 
     n_ctx: int = 4096
@@ -84,6 +99,31 @@ class LlamaCppOptions(Section):
     parallel: int = Field(16, ge=1, le=256)
     lora_path: Path | None = None
     system_prompt: str | None = None
+    requantize: Literal["auto", "none", "q8_0", "bf16", "f16", "f32"] = "auto"
+
+
+_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "bf16": "LLAMA_FTYPE_MOSTLY_BF16", "f16": "LLAMA_FTYPE_MOSTLY_F16",
+           "f32": "LLAMA_FTYPE_ALL_F32"}
+
+
+def requantized(path: Path, kind: str) -> Path:
+    """``path`` converted to weight type ``kind`` with llama.cpp's quantizer, built once in the user cache."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    stat = path.stat()
+    out = io.cache_dir() / "models" / f"{path.stem}.{stat.st_size}.{kind}.gguf"
+    if out.exists():
+        return out
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, _FTYPES[kind])
+    params.allow_requantize = True  # the bundled file is already quantized (Q4_1)
+    params.nthread = max(1, (os.cpu_count() or 2) // 2)
+    with io.atomic_path(out) as tmp, suppress_stdout_stderr(disable=False):
+        code = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), ctypes.byref(params))
+    if code != 0 or not out.exists():
+        raise BackendError(f"could not convert {path} to {kind} (llama_model_quantize returned {code})")
+    return out
 
 
 def resolve_gguf(name: str) -> Path:
@@ -110,6 +150,11 @@ class LlamaCppLLM:
 
         self.options = options or LlamaCppOptions()
         self.path = resolve_gguf(name)
+        kind = self.options.requantize
+        if kind == "auto":
+            kind = "bf16" if name == bundled.SMOLLM2 else "none"
+        if kind != "none":
+            self.path = requantized(self.path, kind)
         self._contexts: list = []
         self._gen = self._open(logits_all=False)
         self._scorer = None
@@ -251,7 +296,7 @@ class LlamaCppLLM:
         vocab = self._gen._model.vocab
         batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         waiting = list(reversed(rows))
-        free = list(range(n_seq))
+        free = list(range(n_seq))  # a min-heap: rows take the lowest free sequence id
         running: list[_Row] = []
         try:
             # Rows share their longest common token prefix (the system prompt and the template's opening, or a
@@ -271,7 +316,7 @@ class LlamaCppLLM:
             while waiting or running:
                 while waiting and free:
                     row = waiting.pop()
-                    row.seq = free.pop()
+                    row.seq = heapq.heappop(free)
                     row.sampler = sampler = LlamaSampler()
                     if temperature == 0.0:
                         sampler.add_greedy()
@@ -283,6 +328,18 @@ class LlamaCppLLM:
                         sampler.add_temp(temperature)
                         sampler.add_dist(seed * 1000 + row.sample)
                     running.append(row)
+                # llama.cpp splits a batch over separate KV streams into one compute step per run of consecutive
+                # sequence ids (in batch order), so rows are kept in sequence order, take the lowest free ids, and
+                # once no row waits to fill the holes finished rows leave, the highest rows move down (a stream
+                # copy costs ~1 ms, a hole ~12 ms per decode call).
+                running.sort(key=lambda r: r.seq)
+                while not waiting and free and free[0] < running[-1].seq:
+                    row, dst = running.pop(), heapq.heappop(free)
+                    llama_cpp.llama_memory_seq_cp(ctx.memory, row.seq, dst, -1, -1)
+                    llama_cpp.llama_memory_seq_rm(ctx.memory, row.seq, shared, -1)
+                    heapq.heappush(free, row.seq)
+                    row.seq = dst
+                    running.insert(0, row)
                 # One token of every decoding row first, then prompt chunks while the batch has room.
                 batch.n_tokens = 0
                 outputs = []
@@ -317,7 +374,7 @@ class LlamaCppLLM:
                     llama_cpp.llama_memory_seq_rm(ctx.memory, row.seq, shared, -1)
                     row.sampler.close()
                     row.sampler = None
-                    free.append(row.seq)
+                    heapq.heappush(free, row.seq)
                     running.remove(row)
         finally:
             for row in running:
