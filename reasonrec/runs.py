@@ -85,8 +85,7 @@ class Stage:
         return json.loads(self.marker.read_text()) if self.marker.exists() else {}
 
     def __enter__(self) -> Stage:
-        self.path.mkdir(parents=True, exist_ok=True)
-        return self
+        return self  # RunDir.stage created the folder
 
     def __exit__(self, *exc) -> None:
         return None

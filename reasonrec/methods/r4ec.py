@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .. import io
 from ..config import DataSection, Section
@@ -96,6 +96,14 @@ class ActorTrainSection(Section):
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(4, ge=1)
     max_length: int = Field(1024, ge=64)
+
+    @field_validator("infer_options")
+    @classmethod
+    def _adapters_are_trained(cls, options: dict[str, Any]) -> dict[str, Any]:
+        if "adapters" in options:
+            raise ValueError("'adapters' is set by the run (the four adapters the train stage writes); remove it "
+                             "from train.infer_options")
+        return options
 
 
 class RecSection(Section):

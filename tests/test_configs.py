@@ -1,0 +1,26 @@
+"""Every shipped experiment config validates, and a config's bad value is one error naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reasonrec.errors import ConfigError
+from reasonrec.methods import load_experiment
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_shipped_config_validates(path):
+    module, cfg = load_experiment(path)
+    assert cfg.method == module.__name__.rsplit(".", 1)[-1]
+
+
+def test_r4ec_inference_adapters_come_from_the_run(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("method: r4ec\nrun_dir: runs/x\ntrain:\n  infer_backend: vllm\n"
+                    "  infer_options: {adapters: {user_actor: /elsewhere}}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.infer_options.*adapters"):
+        load_experiment(path)
