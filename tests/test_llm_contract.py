@@ -271,10 +271,11 @@ def test_llamacpp_decode_calls_carry_consecutive_sequences(llamacpp_llm, monkeyp
     monkeypatch.setattr(LlamaCppLLM, "_decode", staticmethod(record_decode))
     monkeypatch.setattr(llama_cpp, "llama_memory_seq_cp", record_cp)
     monkeypatch.setattr(llamacpp_llm.options, "parallel", 4)
-    # Four rows that stop after a few tokens and one that runs to the limit: the long row starts in the highest
-    # sequence and must move down when the short ones finish.
-    prompts = ["Is the sky blue? Answer Yes or No.", "Is water wet? Answer Yes or No.",
-               "Is fire cold? Answer Yes or No.", "Write a haiku about rain."]
+    # Rows take sequences in prompt order. The short row in sequence 1 finishes first and leaves a hole below two
+    # running rows (the one in sequence 3 moves into it, and must not jump ahead of sequence 0 in the batch); the
+    # haiku in sequence 3 runs to the limit and moves down again when the others finish.
+    prompts = ["Write a haiku about the sea.", "Is the sky blue? Answer Yes or No.",
+               "Write a haiku about snow.", "Write a haiku about rain."]
     batched = llamacpp_llm.generate(prompts, max_new_tokens=16)
     for seqs in calls:
         distinct = list(dict.fromkeys(seqs))
@@ -300,3 +301,8 @@ def test_llamacpp_bundled_model_is_converted_once(tmp_path, monkeypatch):
     assert requantized(bundled.smollm2_gguf(), "q8_0") == path and path.stat().st_mtime_ns == built
     llm = load_llm("smollm2-135m", backend="llamacpp", n_ctx=256, n_threads=1, requantize="q8_0")
     assert llm.path == path and llm.generate(["Say hello."], max_new_tokens=4)[0].completion_tokens[0] > 0
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(60))
+    with pytest.raises(BackendError, match="broken.gguf"):
+        requantized(broken, "q8_0")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # the failed conversion left nothing behind

@@ -15,17 +15,17 @@ single sequence only, so this loop is written on its low-level API (``llama_batc
 them, and the context copies the generation context's settings (flash attention off ...). ``parallel=1`` keeps the
 one-at-a-time ``create_completion`` path.
 
-llama.cpp runs a batch over separate KV streams as one compute step per run of consecutive sequence ids (in
-batch order), so the rows of a step are kept sorted by sequence id and a new row takes the lowest free id; before
-this, 16 rows cost 16 steps and batched decoding was no faster per token than one row at a time.
+llama.cpp computes a batch over separate KV streams as one step per run of consecutive sequence ids, so the loop
+keeps every call's rows on sequences 0..k-1 in order (see its comment); with rows on ids 15, 14, ... a call of 16
+rows cost 16 steps, and batching was no faster per token than one row at a time.
 
 The bundled SmolLM2 ships as Q4_1, a type llama.cpp's fast CPU matrix kernels (tinyBLAS) do not cover, and its Q4_1
 dot products quantize the activations to 8 bits; so by default (``requantize: auto``) the bundled file is converted
 once to BF16 in the user cache. Measured on this project's 2-core EPYC (AVX512-BF16), 1 thread, 32 ML-100K CoT
 prompts: reading the prompts takes 31 s in Q4_1, 15 s in Q8_0, 12 s in BF16; the whole greedy run of 128 tokens
-54 s in Q4_1 and 28 s in BF16 (``benchmarks/generation.py``). BF16 is also the type whose greedy texts match the fp32 transformers model ("What is the capital of
-France?" → "The capital of France is Paris." in BF16 and F32; Q4_1 and Q8_0 answer "L'Étoile, la Cité, ..."). A
-decode step stays compute-bound (about 6 ms per row in a step of 16 rows, 12 ms for a step of one row), so batching
+54 s in Q4_1 and 28 s in BF16 (``benchmarks/generation.py``). BF16 is also the type whose greedy texts match the
+fp32 transformers model ("What is the capital of France?" → "The capital of France is Paris." in BF16 and F32;
+Q4_1 and Q8_0 answer "L'Étoile, la Cité, ..."). A decode step stays compute-bound (about 6 ms per row in a step of 16 rows, 12 ms for a step of one row), so batching
 rows gains about 2× per generated token. llama.cpp's CPU kernels are not batch-invariant (the same prompt read in
 one batch or as prefix + last token gives slightly different logits), so greedy texts match the one-at-a-time path
 except at near-ties.
@@ -39,6 +39,7 @@ backend does not take ``adapter=`` per call; load the adapter as ``options.lora_
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import heapq
 import os
@@ -119,10 +120,11 @@ def requantized(path: Path, kind: str) -> Path:
     params.ftype = getattr(llama_cpp, _FTYPES[kind])
     params.allow_requantize = True  # the bundled file is already quantized (Q4_1)
     params.nthread = max(1, (os.cpu_count() or 2) // 2)
-    with io.atomic_path(out) as tmp, suppress_stdout_stderr(disable=False):
-        code = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), ctypes.byref(params))
-    if code != 0 or not out.exists():
-        raise BackendError(f"could not convert {path} to {kind} (llama_model_quantize returned {code})")
+    with io.atomic_path(out) as tmp:  # raising inside discards the partial file
+        with suppress_stdout_stderr(disable=False):
+            code = llama_cpp.llama_model_quantize(str(path).encode(), str(tmp).encode(), ctypes.byref(params))
+        if code != 0:
+            raise BackendError(f"could not convert {path} to {kind} (llama_model_quantize returned {code})")
     return out
 
 
@@ -339,7 +341,7 @@ class LlamaCppLLM:
                     llama_cpp.llama_memory_seq_rm(ctx.memory, row.seq, shared, -1)
                     heapq.heappush(free, row.seq)
                     row.seq = dst
-                    running.insert(0, row)
+                    bisect.insort(running, row, key=lambda r: r.seq)
                 # One token of every decoding row first, then prompt chunks while the batch has room.
                 batch.n_tokens = 0
                 outputs = []
