@@ -27,6 +27,11 @@ STOP = [" ", "\n"]
 SYSTEM = "Be brief."
 
 
+def _need_llamacpp() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'reasonrec[llamacpp]')")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,8 +41,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
     """A real llama.cpp OpenAI-compatible server on loopback serving the bundled SmolLM2 GGUF."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'reasonrec[llamacpp]')")
+    _need_llamacpp()
     try:
         import llama_cpp.server.app  # noqa: F401  (needs the [server] extra: fastapi, uvicorn, sse-starlette)
     except ImportError as err:
@@ -82,8 +86,7 @@ def llm(request, tiny_model_path) -> LLM:
     if kind == "transformers":
         return load_llm(str(tiny_model_path), backend="transformers", batch_size=4, threads=1)
     if kind == "llamacpp":
-        if importlib.util.find_spec("llama_cpp") is None:
-            pytest.skip("llama-cpp-python is not installed (pip install 'reasonrec[llamacpp]')")
+        _need_llamacpp()
         return load_llm("smollm2-135m", backend="llamacpp", n_ctx=512, n_threads=1, system_prompt=SYSTEM)
     if kind == "openai":
         url = request.getfixturevalue("llama_server")
@@ -194,8 +197,7 @@ def test_bad_arguments_raise_backend_errors(llm):
 
 @pytest.fixture(scope="module")
 def llamacpp_llm():
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'reasonrec[llamacpp]')")
+    _need_llamacpp()
     # parallel=2 < the number of rows: finished rows must hand their sequence over to waiting ones.
     return load_llm("smollm2-135m", backend="llamacpp", n_ctx=512, n_threads=1, system_prompt=SYSTEM, parallel=2)
 
@@ -285,8 +287,7 @@ def test_llamacpp_decode_calls_carry_consecutive_sequences(llamacpp_llm, monkeyp
 
 
 def test_llamacpp_bundled_model_is_converted_once(tmp_path, monkeypatch):
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'reasonrec[llamacpp]')")
+    _need_llamacpp()
     from llama_cpp import Llama
 
     from reasonrec.llm import bundled

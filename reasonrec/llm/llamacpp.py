@@ -25,8 +25,8 @@ once to BF16 in the user cache. Measured on this project's 2-core EPYC (AVX512-B
 prompts: reading the prompts takes 31 s in Q4_1, 15 s in Q8_0, 12 s in BF16; the whole greedy run of 128 tokens
 54 s in Q4_1 and 28 s in BF16 (``benchmarks/generation.py``). BF16 is also the type whose greedy texts match the
 fp32 transformers model ("What is the capital of France?" → "The capital of France is Paris." in BF16 and F32;
-Q4_1 and Q8_0 answer "L'Étoile, la Cité, ..."). A decode step stays compute-bound (about 6 ms per row in a step of 16 rows, 12 ms for a step of one row), so batching
-rows gains about 2× per generated token. llama.cpp's CPU kernels are not batch-invariant (the same prompt read in
+Q4_1 and Q8_0 answer "L'Étoile, la Cité, ..."). A decode step stays compute-bound (about 6 ms per row in a step
+of 16 rows, 12 ms for a step of one row), so batching rows gains about 2× per generated token. llama.cpp's CPU kernels are not batch-invariant (the same prompt read in
 one batch or as prefix + last token gives slightly different logits), so greedy texts match the one-at-a-time path
 except at near-ties.
 
@@ -46,6 +46,7 @@ import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal
 
@@ -329,19 +330,18 @@ class LlamaCppLLM:
                         sampler.add_min_p(0.0, 1)
                         sampler.add_temp(temperature)
                         sampler.add_dist(seed * 1000 + row.sample)
-                    running.append(row)
+                    bisect.insort(running, row, key=attrgetter("seq"))
                 # llama.cpp splits a batch over separate KV streams into one compute step per run of consecutive
-                # sequence ids (in batch order), so rows are kept in sequence order, take the lowest free ids, and
-                # once no row waits to fill the holes finished rows leave, the highest rows move down (a stream
-                # copy costs ~1 ms, a hole ~12 ms per decode call).
-                running.sort(key=lambda r: r.seq)
+                # sequence ids (in batch order), so ``running`` stays sorted by sequence id, rows take the lowest
+                # free ids, and once no row waits to fill the holes finished rows leave, the highest rows move down
+                # (a stream copy costs ~1 ms, a hole ~12 ms per decode call).
                 while not waiting and free and free[0] < running[-1].seq:
                     row, dst = running.pop(), heapq.heappop(free)
                     llama_cpp.llama_memory_seq_cp(ctx.memory, row.seq, dst, -1, -1)
                     llama_cpp.llama_memory_seq_rm(ctx.memory, row.seq, shared, -1)
                     heapq.heappush(free, row.seq)
                     row.seq = dst
-                    bisect.insort(running, row, key=lambda r: r.seq)
+                    bisect.insort(running, row, key=attrgetter("seq"))
                 # One token of every decoding row first, then prompt chunks while the batch has room.
                 batch.n_tokens = 0
                 outputs = []
