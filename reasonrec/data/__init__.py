@@ -12,6 +12,7 @@ See :mod:`reasonrec.data.schema` for the columns and :mod:`reasonrec.data.protoc
 
 from __future__ import annotations
 
+from ._parse import DataWarning
 from .protocols import CollmOptions, KarOptions, StarecOptions, TallrecOptions
 from .sources import fetch, resolve_data_dir
 from .splits import Splits, make_splits
@@ -21,6 +22,6 @@ from .tables import DATASETS, Tables, load_tables
 PROTOCOL_NAMES = ("collm", "kar", "starec", "tallrec")
 
 __all__ = [
-    "DATASETS", "PROTOCOL_NAMES", "CollmOptions", "KarOptions", "Splits", "StarecOptions", "SyntheticTruth",
+    "DATASETS", "PROTOCOL_NAMES", "CollmOptions", "DataWarning", "KarOptions", "Splits", "StarecOptions", "SyntheticTruth",
     "TallrecOptions", "Tables", "fetch", "load_tables", "make_splits", "resolve_data_dir", "synthetic_world",
 ]
