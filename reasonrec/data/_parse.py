@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import html
-import io
 import json
 import re
 import time
@@ -46,13 +45,6 @@ def cannot_read(path: Path, err: BaseException) -> DataError:
     what = str(err).splitlines()[0] if str(err) else ""
     return DataError(f"{path}: cannot read ({kind}: {what}); the file looks truncated or corrupt — download it "
                      "again")
-
-
-def open_text(path: Path, encoding: str = "utf-8"):
-    """Open a plain or gzip-compressed text file (by suffix)."""
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors="strict", newline="")
-    return open(path, encoding=encoding, newline="")
 
 
 def read_bytes(path: Path) -> bytes:
@@ -122,13 +114,19 @@ def iter_json_lines(path: Path, what: str) -> Iterator[tuple[int, dict]]:
 
     Amazon's 2014 metadata files are Python literals (single quotes), not JSON: lines that fail ``json.loads``
     are retried with ``ast.literal_eval`` (the loader the dataset's authors publish), so both formats read.
+    Lines are split on ``\\n`` and decoded one by one, so a byte that is not UTF-8 is named by its line.
     """
     import ast
 
     try:
-        with open_text(path, "utf-8") as f:
-            for i, line in enumerate(f, 1):
-                s = line.strip()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            for i, raw in enumerate(f, 1):
+                try:
+                    s = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{path}:{i}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not "
+                                    f"UTF-8; expected one {what} per line as UTF-8 JSON — the file looks corrupt, "
+                                    "download it again") from None
                 if not s:
                     continue
                 try:

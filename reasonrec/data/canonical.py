@@ -38,8 +38,8 @@ def canonicalize(
 
     ``inter`` has raw_user_id, raw_item_id (str), rating, timestamp; ``items`` has raw_item_id and text fields;
     ``users`` has raw_user_id and demographics. Items/users that interact but have no metadata row get an empty
-    one (title ""), so every id in ``interactions`` has a row in ``items``/``users``. ``cleaning``, if given,
-    receives ``duplicates_dropped``.
+    one (title ``item <raw id>``), so every id in ``interactions`` has a row in ``items``/``users``.
+    ``cleaning``, if given, receives ``duplicates_dropped`` and adds the items so named to ``titles_from_id``.
     """
     if len(inter) == 0:
         raise DataError(f"{source}: no interactions were read; check that the file is the right one")
@@ -69,6 +69,13 @@ def canonicalize(
     it = it.merge(meta, on="raw_item_id", how="left")
     for col in ("title", "categories", "description", "brand"):
         it[col] = it[col].fillna("").astype(str) if col in it else ""
+    # every item has a title prompts can show: an item without one is named by its raw id (Amazon's reader has
+    # done this already, trying the description first)
+    untitled = it["title"].str.strip() == ""
+    if untitled.any():
+        it.loc[untitled, "title"] = "item " + it.loc[untitled, "raw_item_id"].astype(str)
+    if cleaning is not None:
+        cleaning["titles_from_id"] = cleaning.get("titles_from_id", 0) + int(untitled.sum())
     it["year"] = (pd.to_numeric(it["year"], errors="coerce") if "year" in it else pd.Series(np.nan, index=it.index)
                   ).astype("Int64")
     extra = [c for c in it.columns if c not in ITEM_COLUMNS]

@@ -80,8 +80,8 @@ def read_ratings(path: Path, sep: bytes) -> pd.DataFrame:
         values[col] = num
     if first_bad is not None:
         row, col, value, label, lo, hi = first_bad
-        raw = df[col].iloc[row]
-        if pd.isna(raw) or str(raw).strip() == "":
+        cells = df.iloc[row]
+        if cells.isna().any() or (cells.astype(str).str.strip() == "").any():  # a dropped field shifts the rest
             problem = "missing field"
         elif np.isnan(value):
             problem = f"non-integer {label}"
@@ -176,6 +176,8 @@ def read_ml100k(folder: Path) -> dict:
     if len(genres) != 19:
         raise DataError(f"{folder / 'u.genre'}: expected 19 genres, found {len(genres)}")
     for k, (i, parts) in enumerate(genre_rows):
+        if not parts[0].strip():
+            raise fail(folder / "u.genre", i, "empty genre name", "name|index")
         if parts[1] != str(k):
             raise fail(folder / "u.genre", i, f"genre index {parts[1]!r} out of order", f"index {k} on line {i}")
     items = []
