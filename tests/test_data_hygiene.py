@@ -283,6 +283,20 @@ def test_corrupt_gzip_is_one_data_error(amazon_dir, tmp_path):
         _one_line_error_naming(err.value, d / f)
 
 
+def test_corrupt_member_of_the_official_zip_is_one_data_error(ml100k_dir, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "ml-100k.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in ML100K_FILES:
+            zf.write(ml100k_dir / f, f"ml-100k/{f}")
+    data = bytearray((tmp_path / "ml-100k.zip").read_bytes())
+    data[5000] ^= 0xFF  # inside u.data's deflate stream
+    (tmp_path / "ml-100k.zip").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="not a valid zip archive") as err:
+        load_tables("ml-100k", tmp_path)
+    _one_line_error_naming(err.value, tmp_path / "ml-100k.zip")
+
+
 def test_cli_prints_one_line_for_a_broken_file(ml100k_dir, tmp_path):
     path = _empty(_ml100k(ml100k_dir, tmp_path / "data"))
     env = {**os.environ, "REASONREC_CACHE_DIR": str(tmp_path / "cache")}

@@ -7,7 +7,9 @@ Public API::
     world = synthetic_world(200, 300, seed=0)              # Tables with known truth, for unit tests
     fetch("ml-1m", dest)                                   # official download, checksums verified
 
-See :mod:`reasonrec.data.schema` for the columns and :mod:`reasonrec.data.protocols` for each protocol.
+See :mod:`reasonrec.data.schema` for the columns and :mod:`reasonrec.data.protocols` for each protocol. A bad raw
+file is one ``DataError`` naming file and line; what the readers cleaned is counted in ``Tables.cleaning`` (and
+``Splits.stats()["cleaning"]``); problems that leave a usable table are a ``DataWarning``.
 """
 
 from __future__ import annotations

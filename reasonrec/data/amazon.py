@@ -9,6 +9,13 @@ paragraphs), ``brand``; 2014 rows are Python literals with ``title``, ``categori
 
 Why our own line loop rather than ``pandas.read_json``: it gives the line number of a truncated or malformed
 line, reads the Python-literal 2014 metadata, and keeps only the four review fields in memory.
+
+Every review field is checked (a null ``reviewerID`` would become a user named "None", ``overall: 99`` a rating).
+Amazon 2018 metadata carries HTML: in some categories most titles are a fragment such as
+``<span class="a-size-medium a-color-secondary"``, and descriptions keep ``<i>`` and ``<div class="aplus">``. Text
+is extracted with the standard library's HTML parser (:func:`~reasonrec.data._parse.html_text`), and a title that
+is no title falls back to the description's first sentence, else to ``item <asin>``; the counts go to
+``Tables.cleaning``. A missing metadata file is a :class:`~reasonrec.data.DataWarning`.
 """
 
 from __future__ import annotations

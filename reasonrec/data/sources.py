@@ -24,6 +24,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def _safe_extract(archive: Path, into: Path) -> list[Path]:
                     shutil.copyfileobj(src, dst)
                 out.append(target)
             return out
-    except zipfile.BadZipFile as err:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a corrupt member: bad CRC or deflate data
         raise DataError(f"{archive}: not a valid zip archive ({err}); download it again") from None
 
 
@@ -256,8 +257,9 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *, category: str | N
           url: str | None = None, sha256: str | None = None) -> Path:
     """Download dataset ``name`` into ``dest`` (default: the data directory) and return its folder.
 
-    ``url`` replaces the official URL (a mirror; also ``file://``); ``sha256`` is the expected digest of the
-    downloaded file. With a mirror the official archive's MD5 is not checked (mirrors may repack the zip), but
+    ``url`` replaces the official URL (a mirror; also ``file://``); credentials in it (``https://user:pw@host/``)
+    are sent as HTTP Basic auth and redacted in every message (:func:`redact_url`). ``sha256`` is the expected
+    digest of the downloaded file. With a mirror the official archive's MD5 is not checked (mirrors may repack the zip), but
     every extracted file is still checked against its recorded checksum.
     """
     source = source_for(name, category)

@@ -112,7 +112,8 @@ def _locate_movielens(root: Path, name: str, required: tuple[str, ...], label: s
                             f"{name} --dest DIR` on a machine with internet access")
     for zpath in (root / f"{name}.zip", root / name / f"{name}.zip"):
         if zpath.is_file():
-            folder = sources.extract_zip(zpath, name, rio.cache_dir() / "extracted" / rio.sha256_file(zpath)[:16])
+            digest = _checksums([zpath], zpath.parent)[zpath.name]  # by content, like the table cache
+            folder = sources.extract_zip(zpath, name, rio.cache_dir() / "extracted" / digest[:16])
             return folder, [folder / f for f in (*required, *optional) if (folder / f).is_file()]
     raise _missing(label, candidates, sources.SOURCES[name].what, name)
 
