@@ -204,6 +204,7 @@ def html_text(text: str) -> str:
 # ---------------------------------------------------------------- JSON fields (Amazon, Yelp)
 
 _NO_TEXT = re.compile(r"\w")
+_TAG_START = re.compile(r"<[A-Za-z/!]")  # what is left of a tag the parser could not read ("<3 Love" is a title)
 
 
 def json_value(value) -> str:
@@ -285,7 +286,7 @@ class TextCleaner:
 def is_title(text: str) -> bool:
     """False for what Amazon 2018 stores in ``title`` when the page had none: nothing, markup that parses to
     nothing or to punctuation, or page JavaScript (``var aPageStart = (new Date()).getTime();``)."""
-    return bool(_NO_TEXT.search(text)) and "getTime" not in text and not text.startswith("<")
+    return bool(_NO_TEXT.search(text)) and "getTime" not in text and not _TAG_START.match(text)
 
 
 def placeholder_title(raw_item_id: str) -> str:

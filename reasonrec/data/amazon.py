@@ -40,6 +40,7 @@ from ._parse import (
 REVIEW_PATTERNS = ("{c}_5.json.gz", "{c}_5.json", "{c}.json.gz", "{c}.json",
                    "reviews_{c}_5.json.gz", "reviews_{c}_5.json", "reviews_{c}.json.gz", "reviews_{c}.json")
 META_PATTERNS = ("meta_{c}.json.gz", "meta_{c}.json")
+ITEM_COLUMNS = ["raw_item_id", "title", "categories", "description", "brand", "year"]
 # the noun a prompt uses for an item of the category ("Given the user's history of <domain>s ...")
 DOMAINS = {"Books": "book", "Kindle_Store": "e-book", "Movies_and_TV": "movie", "CDs_and_Vinyl": "music album",
            "Digital_Music": "song", "Video_Games": "video game", "Gift_Cards": "gift card"}
@@ -51,9 +52,6 @@ def find_files(folder: Path, category: str) -> tuple[Path | None, Path | None]:
     meta = next((folder / p.format(c=category) for p in META_PATTERNS if (folder / p.format(c=category)).is_file()),
                 None)
     return review, meta
-
-
-ITEM_COLUMNS = ["raw_item_id", "title", "categories", "description", "brand", "year"]
 
 
 def _short(text: str, limit: int = 80) -> str:
