@@ -25,7 +25,7 @@ def _cache(tmp_path, monkeypatch):
 def _copy_ml100k(src, dst):
     d = dst / "ml-100k"
     d.mkdir(parents=True)
-    for f in ("u.data", "u.item", "u.user", "u.genre"):
+    for f in ("u.data", "u.item", "u.user", "u.genre", "u.info"):
         shutil.copy(src / f, d / f)
     return d
 
@@ -58,10 +58,11 @@ def test_table_cache_is_reused_and_invalidated(ml100k_dir, tmp_path):
     pd.testing.assert_frame_equal(first.items, again.items)
     assert again.checksums == first.checksums
     # a changed raw file gets a new cache entry with the new content
-    with open(d / "u.data", "a") as f:
-        f.write("1\t2\t5\t893286638\n")
+    data = (d / "u.data").read_bytes()
+    (d / "u.data").write_bytes(data.replace(b"196\t242\t3\t", b"196\t242\t4\t", 1))
     changed = load_tables("ml-100k", d.parent)
-    assert len(changed.interactions) == 100_001
+    assert changed.interactions["rating"].iloc[0] == 4.0 and first.interactions["rating"].iloc[0] == 3.0
+    assert changed.checksums["u.data"] != first.checksums["u.data"]
     assert len(list((tmp_path / "cache" / "tables").iterdir())) == 2
 
 
@@ -126,7 +127,9 @@ def test_ml1m_reader_on_the_real_movies_and_users(shared_data, tmp_path):
 def test_amazon_2018_gift_cards(amazon_dir):
     t = load_tables("amazon", amazon_dir.parent, category="Gift_Cards")
     inter = t.interactions
-    assert (len(inter), inter["user_id"].nunique(), inter["item_id"].nunique()) == (2972, 458, 148)
+    # 2,972 reviews, of which 7 repeat a (user, item) pair of 6 pairs: the latest review of each is kept
+    assert (len(inter), inter["user_id"].nunique(), inter["item_id"].nunique()) == (2965, 458, 148)
+    assert t.cleaning["duplicates_dropped"] == 7 and not inter.duplicated(["user_id", "item_id"]).any()
     assert (t.items["title"] != "").all() and t.items["categories"].str.contains("Gift Cards").mean() > 0.9
     assert t.checksums["Gift_Cards_5.json.gz"] == "41e1f0e50d3c1c9d7d949fb6315944c8bde51ea6b7429a29fdd0d02cbc07ef25"
     assert t.name == "amazon-Gift_Cards" and t.domain == "gift card"
@@ -169,7 +172,8 @@ def test_amazon_2014_format(tmp_path):
     dune = t.items.set_index("raw_item_id").loc["0001"]
     assert dune["title"] == "Dune & Sons" and dune["categories"] == "Books|Science Fiction"
     assert dune["description"] == "A desert planet." and dune["brand"] == "Ace"
-    assert t.items.set_index("raw_item_id").loc["0002", "title"] == ""
+    assert t.items.set_index("raw_item_id").loc["0002", "title"] == "item 0002"  # a row without a title
+    assert (t.cleaning["titles_from_id"], t.cleaning["items_without_metadata"]) == (1, 0)
     with gzip.open(d / "reviews_Books_5.json.gz", "wt") as f:
         f.write(json.dumps(reviews[0]) + "\n" + json.dumps({"asin": "0003", "overall": 3.0}) + "\n")
     with pytest.raises(DataError, match=r"reviews_Books_5\.json\.gz:2: review has no 'reviewerID'"):

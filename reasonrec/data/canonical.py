@@ -4,6 +4,10 @@ Raw ids (strings) are mapped to contiguous ids 1..n (0 stays the padding id). Th
 by the reader: MovieLens maps its numeric ids in numeric order (so ML-100K/ML-1M user ids keep their raw values),
 Amazon and Yelp map ids in order of first appearance. Interactions keep the order of the raw file, which is the
 tie-break the protocols use for equal timestamps.
+
+A (user, item) pair is one interaction: a repeated review (Amazon keeps a user's second review of a product) is
+reduced to the latest event, ties going to the later line. Otherwise the earlier copy would sit in the history
+of the later one, and a sample's target would be in its own history. The count is ``duplicates_dropped``.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ def canonicalize(
     item_order: list[str] | pd.Index | None = None,
     user_order: list[str] | pd.Index | None = None,
     source: str = "",
+    cleaning: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Map raw ids and return (interactions, items, users) with the canonical columns and dtypes.
 
     ``inter`` has raw_user_id, raw_item_id (str), rating, timestamp; ``items`` has raw_item_id and text fields;
     ``users`` has raw_user_id and demographics. Items/users that interact but have no metadata row get an empty
-    one (title ""), so every id in ``interactions`` has a row in ``items``/``users``.
+    one (title ``item <raw id>``), so every id in ``interactions`` has a row in ``items``/``users``.
+    ``cleaning``, if given, receives ``duplicates_dropped`` and adds the items so named to ``titles_from_id``.
     """
     if len(inter) == 0:
         raise DataError(f"{source}: no interactions were read; check that the file is the right one")
@@ -52,6 +58,9 @@ def canonicalize(
         "rating": inter["rating"].to_numpy(np.float32),
         "timestamp": inter["timestamp"].to_numpy(np.int64),
     })
+    interactions, dropped = drop_repeats(interactions)
+    if cleaning is not None:
+        cleaning["duplicates_dropped"] = dropped
 
     it = pd.DataFrame({"raw_item_id": imap.index.to_numpy(dtype=object), "item_id": imap.to_numpy()})
     meta = items.copy()
@@ -60,6 +69,13 @@ def canonicalize(
     it = it.merge(meta, on="raw_item_id", how="left")
     for col in ("title", "categories", "description", "brand"):
         it[col] = it[col].fillna("").astype(str) if col in it else ""
+    # every item has a title prompts can show: an item without one is named by its raw id (Amazon's reader has
+    # done this already, trying the description first)
+    untitled = it["title"].str.strip() == ""
+    if untitled.any():
+        it.loc[untitled, "title"] = "item " + it.loc[untitled, "raw_item_id"].astype(str)
+    if cleaning is not None:
+        cleaning["titles_from_id"] = cleaning.get("titles_from_id", 0) + int(untitled.sum())
     it["year"] = (pd.to_numeric(it["year"], errors="coerce") if "year" in it else pd.Series(np.nan, index=it.index)
                   ).astype("Int64")
     extra = [c for c in it.columns if c not in ITEM_COLUMNS]
@@ -76,3 +92,14 @@ def canonicalize(
             if col in us:
                 us[col] = us[col].fillna("").astype(str)
     return interactions, it.reset_index(drop=True), us.reset_index(drop=True)
+
+
+def drop_repeats(interactions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Keep the latest event of each (user, item) pair (ties: the later row), in the original row order."""
+    pairs = ["user_id", "item_id"]
+    if not interactions.duplicated(pairs).any():
+        return interactions, 0
+    # a stable sort by time keeps file order among equal timestamps, so "last" is the latest, then the later line
+    by_time = interactions.iloc[np.argsort(interactions["timestamp"].to_numpy(), kind="stable")]
+    keep = np.sort(by_time.drop_duplicates(pairs, keep="last").index.to_numpy())
+    return interactions.loc[keep].reset_index(drop=True), len(interactions) - len(keep)

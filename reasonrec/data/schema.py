@@ -29,7 +29,8 @@ ranking (``starec``)
     and the target's rating and label
 
 Every history holds only interactions strictly before the sample's timestamp (ties broken by the original
-order in the raw file), so no sample can see its own label.
+order in the raw file), so no sample can see its own label; and a (user, item) pair is one interaction (a repeated
+one keeps its latest event, :mod:`reasonrec.data.canonical`), so no target is in its own history.
 """
 
 from __future__ import annotations

@@ -13,13 +13,18 @@ every check passed. Offline, it raises one DataError saying where to put the fil
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,25 +116,83 @@ def digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+# query parameters whose values are secrets (API keys, signed-URL signatures such as X-Amz-Signature)
+_SECRET_PARAM = re.compile(r"token|key|secret|passw|pwd|sig|auth|credential|session", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to print: user info (``user:pw@``) and secret-looking query values become ``***``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. a malformed IPv6 host: redact by pattern
+        return re.sub(r"//[^/?#]*@", "//***@", url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{kv.split('=', 1)[0]}=***" if "=" in kv and _SECRET_PARAM.search(kv.split("=", 1)[0]) else kv
+        for kv in parts.query.split("&")) if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error message) with ``url`` and any of its secrets redacted."""
+    text = text.replace(url, redact_url(url))
+    try:
+        parts = urllib.parse.urlsplit(url)
+        secrets = [parts.password, parts.username if parts.password is None else None]
+    except ValueError:
+        secrets = []
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***").replace(urllib.parse.unquote(secret), "***")
+    return text
+
+
+def _request(url: str) -> urllib.request.Request | str:
+    """A request for ``url``; credentials in it (``https://user:pw@host/...``) are sent as HTTP Basic auth, not
+    as part of the host name, and are not forwarded to the target of a redirect."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    req = urllib.request.Request(urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, "")))
+    cred = f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}"
+    req.add_unredirected_header("Authorization", "Basic " + base64.b64encode(cred.encode()).decode())
+    return req
+
+
+def url_filename(url: str) -> str:
+    """The file name a URL downloads to (its path's last part; never the host, which may hold credentials)."""
+    try:
+        path = urllib.parse.urlsplit(url).path
+    except ValueError:
+        path = ""
+    return Path(urllib.request.url2pathname(path)).name or "download"
+
+
 def _download(url: str, dest: Path, name: str, where: Path, what: str) -> None:
     from tqdm import tqdm
 
+    shown = redact_url(url)
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp, open(dest, "wb") as out:
+        with urllib.request.urlopen(_request(url), timeout=30) as resp, open(dest, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetch {Path(url).name}", leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"fetch {url_filename(url)}", leave=False) as bar:
                 while block := resp.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))
             if total is not None and dest.stat().st_size != total:
-                raise DataError(f"download of {url} stopped after {dest.stat().st_size} of {total} bytes; "
+                raise DataError(f"download of {shown} stopped after {dest.stat().st_size} of {total} bytes; "
                                 "run the fetch again")
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-        if isinstance(err, DataError):
-            raise
-        reason = getattr(err, "reason", err)
+    except DataError:
+        raise
+    except ValueError as err:  # http.client.InvalidURL, "unknown url type"
+        raise DataError(f"cannot download {name}: {shown} is not a valid URL ({_scrub(str(err), url)})") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, http.client.HTTPException) as err:
+        reason = _scrub(str(getattr(err, "reason", err)), url)
         raise DataError(
-            f"cannot download {name} from {url} ({reason}). Without internet access, copy the official files "
+            f"cannot download {name} from {shown} ({reason}). Without internet access, copy the official files "
             f"({what}) into {where}/ yourself, or into <DIR>/{Path(where).name}/ and pass --data-dir DIR "
             f"(or set {DATA_ENV}=DIR)") from None
 
@@ -149,7 +212,7 @@ def _safe_extract(archive: Path, into: Path) -> list[Path]:
                     shutil.copyfileobj(src, dst)
                 out.append(target)
             return out
-    except zipfile.BadZipFile as err:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # a corrupt member: bad CRC or deflate data
         raise DataError(f"{archive}: not a valid zip archive ({err}); download it again") from None
 
 
@@ -194,8 +257,9 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *, category: str | N
           url: str | None = None, sha256: str | None = None) -> Path:
     """Download dataset ``name`` into ``dest`` (default: the data directory) and return its folder.
 
-    ``url`` replaces the official URL (a mirror; also ``file://``); ``sha256`` is the expected digest of the
-    downloaded file. With a mirror the official archive's MD5 is not checked (mirrors may repack the zip), but
+    ``url`` replaces the official URL (a mirror; also ``file://``); credentials in it (``https://user:pw@host/``)
+    are sent as HTTP Basic auth and redacted in every message (:func:`redact_url`). ``sha256`` is the expected
+    digest of the downloaded file. With a mirror the official archive's MD5 is not checked (mirrors may repack the zip), but
     every extracted file is still checked against its recorded checksum.
     """
     source = source_for(name, category)
@@ -208,14 +272,14 @@ def fetch(name: str, dest: str | os.PathLike | None = None, *, category: str | N
         staged = tmp / "staged"
         staged.mkdir()
         for u in urls:
-            fname = Path(urllib.request.url2pathname(u.split("?")[0])).name
+            fname = url_filename(u)
             path = tmp / fname
             _download(u, path, name, final, source.what)
             if sha256 and digest(path, "sha256") != sha256:
-                raise DataError(f"{u}: sha256 mismatch (expected {sha256}, got {digest(path, 'sha256')})")
+                raise DataError(f"{redact_url(u)}: sha256 mismatch (expected {sha256}, got {digest(path, 'sha256')})")
             if fname.endswith(".zip"):
                 if source.archive_md5 and not url and digest(path, "md5") != source.archive_md5:
-                    raise DataError(f"{u}: MD5 {digest(path, 'md5')} differs from the published "
+                    raise DataError(f"{redact_url(u)}: MD5 {digest(path, 'md5')} differs from the published "
                                     f"{source.archive_md5}; the download is corrupt — fetch again")
                 _safe_extract(path, tmp / "x")
                 inner = _flatten(tmp / "x", source.folder)

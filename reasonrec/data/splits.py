@@ -28,6 +28,8 @@ class Splits:
         options: the resolved options (every dataset preset filled in).
         seed: the seed the samples were drawn with.
         dataset: the tables' name; ``pool``: the interactions the protocol kept; ``info``: protocol extras.
+        cleaning: what reading the raw files changed (:attr:`Tables.cleaning`: repeated interactions dropped,
+            titles replaced, ...), reported by ``stats()`` under ``cleaning``.
     """
 
     train: pd.DataFrame
@@ -40,6 +42,7 @@ class Splits:
     pool: pd.DataFrame | None = None
     info: dict[str, Any] = field(default_factory=dict)
     checksums: dict[str, str] = field(default_factory=dict)
+    cleaning: dict[str, int] = field(default_factory=dict)
     saved_stats: dict[str, Any] | None = None  # stats recorded by ``save`` (a loaded Splits has no pool)
 
     @property
@@ -47,7 +50,8 @@ class Splits:
         return "ranking" if self.protocol == "starec" else "pointwise"
 
     def stats(self) -> dict[str, Any]:
-        """Sample counts, the kept pool's users / items / interactions, positive rate and protocol extras."""
+        """Sample counts, the kept pool's users / items / interactions, positive rate, protocol extras and the
+        readers' ``cleaning`` counts."""
         if self.pool is None and self.saved_stats is not None:
             return dict(self.saved_stats)
         out: dict[str, Any] = {"dataset": self.dataset, "protocol": self.protocol, "seed": self.seed,
@@ -66,6 +70,7 @@ class Splits:
         hist = pd.concat([self.train, self.valid, self.test])["hist_item_ids"]
         out["mean_history_len"] = round(float(hist.map(len).mean()), 4) if len(hist) else 0.0
         out.update(self.info)
+        out["cleaning"] = dict(self.cleaning)
         return out
 
     def save(self, out_dir: str | Path) -> Path:
@@ -119,4 +124,4 @@ def make_splits(tables: Tables, protocol: str, seed: int = 0, **options: Any) ->
 
     return Splits(train=tidy(res.train), valid=tidy(res.valid), test=tidy(res.test), protocol=protocol,
                   options=opts, seed=seed, dataset=tables.name, pool=res.pool, info=res.info,
-                  checksums=dict(tables.checksums))
+                  checksums=dict(tables.checksums), cleaning=dict(tables.cleaning))

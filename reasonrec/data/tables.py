@@ -1,9 +1,13 @@
-"""``load_tables``: raw files → canonical tables, with a Parquet cache keyed by the raw files.
+"""``load_tables``: raw files → canonical tables, with a Parquet cache keyed by the raw files' content.
 
 The cache lives in ``<reasonrec cache>/tables/<name>-<key>/`` (``$REASONREC_CACHE_DIR``), never beside the raw
-files (data folders are often read-only). The key hashes each raw file's absolute path, size and modification
-time, so replacing a file invalidates the cache; the sha256 of each raw file is computed once, on the cold read,
-and stored with the tables (``Tables.checksums``, echoed into run manifests).
+files (data folders are often read-only). The key hashes the sha256 of every raw file (the checksums run
+manifests record, ``Tables.checksums``), so any edit, even one that keeps the size and modification time, reads
+the files again. Hashing costs about 2 ms per MB, far less than parsing.
+
+What the readers cleaned (repeated interactions dropped, HTML extracted, titles replaced) is counted in
+``Tables.cleaning``; problems that leave a usable table are :class:`~reasonrec.data.DataWarning` s, kept in
+``Tables.warnings`` and raised again when the tables come from the cache.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import pandas as pd
 from .. import io as rio
 from ..errors import DataError
 from . import sources
+from ._parse import DataWarning
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: repeated interactions dropped, HTML extracted, content-hash keys
 DATASETS = ("ml-100k", "ml-1m", "amazon", "yelp")
 
 
@@ -38,6 +43,12 @@ class Tables:
         checksums: raw file name → sha256.
         domain: the noun prompts use for an item ("movie", "book", "business", "product", ...).
         truth: known ground truth for synthetic worlds (:class:`~reasonrec.data.synthetic.SyntheticTruth`).
+        cleaning: what the reader changed, counted: ``duplicates_dropped`` (repeated (user, item) events; the
+            latest is kept), and for Amazon / Yelp ``html_values`` (metadata values that held HTML),
+            ``titles_from_description`` / ``titles_from_id`` (titles that were no title, replaced by the
+            description's first sentence or by ``item <id>``), ``items_without_metadata``,
+            ``metadata_rows_repeated``.
+        warnings: the :class:`~reasonrec.data.DataWarning` messages reading raised (e.g. no metadata file).
     """
 
     name: str
@@ -49,6 +60,8 @@ class Tables:
     dataset: str = ""
     category: str | None = None
     truth: Any = None
+    cleaning: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_users(self) -> int:
@@ -60,9 +73,11 @@ class Tables:
 
     def summary(self) -> dict[str, Any]:
         inter = self.interactions
+        with_meta = int((self.items["title"] != "").sum()) - int(self.cleaning.get("items_without_metadata", 0))
         return {"name": self.name, "users": int(inter["user_id"].nunique()), "items": int(inter["item_id"].nunique()),
-                "interactions": len(inter), "items_with_metadata": int((self.items["title"] != "").sum()),
-                "first": _iso(inter["timestamp"].min()), "last": _iso(inter["timestamp"].max())}
+                "interactions": len(inter), "items_with_metadata": with_meta,
+                "first": _iso(inter["timestamp"].min()), "last": _iso(inter["timestamp"].max()),
+                "cleaning": dict(self.cleaning), **({"warnings": list(self.warnings)} if self.warnings else {})}
 
 
 def _iso(ts) -> str:
@@ -81,12 +96,15 @@ def _missing(label: str, looked: list[Path], what: str, fetch_name: str | None) 
         f"or in <DIR>/{looked[0].name}/ and pass --data-dir DIR (or set {sources.DATA_ENV}=DIR); {how}")
 
 
-def _locate_movielens(root: Path, name: str, required: tuple[str, ...], label: str) -> tuple[Path, list[Path]]:
+def _locate_movielens(root: Path, name: str, required: tuple[str, ...], label: str,
+                      optional: tuple[str, ...] = ()) -> tuple[Path, list[Path]]:
+    """The dataset folder and its files: ``required`` ones, then the ``optional`` ones present (the files that
+    state the expected counts: a different one must invalidate the cache too)."""
     candidates = [root / name, root]
     for folder in candidates:
         present = [f for f in required if (folder / f).is_file()]
         if len(present) == len(required):
-            return folder, [folder / f for f in required]
+            return folder, [folder / f for f in (*required, *optional) if (folder / f).is_file()]
         if present and folder == root / name:
             absent = [f for f in required if f not in present]
             raise DataError(f"{folder}: {label} is incomplete: missing {', '.join(absent)} (have "
@@ -94,16 +112,27 @@ def _locate_movielens(root: Path, name: str, required: tuple[str, ...], label: s
                             f"{name} --dest DIR` on a machine with internet access")
     for zpath in (root / f"{name}.zip", root / name / f"{name}.zip"):
         if zpath.is_file():
-            folder = sources.extract_zip(zpath, name, rio.cache_dir() / "extracted" / _key([zpath])[:12])
-            return folder, [folder / f for f in required]
+            digest = _checksums([zpath], zpath.parent)[zpath.name]  # by content, like the table cache
+            folder = sources.extract_zip(zpath, name, rio.cache_dir() / "extracted" / digest[:16])
+            return folder, [folder / f for f in (*required, *optional) if (folder / f).is_file()]
     raise _missing(label, candidates, sources.SOURCES[name].what, name)
 
 
-def _key(files: list[Path]) -> str:
-    parts = [CACHE_VERSION]
+def _checksums(files: list[Path], folder: Path) -> dict[str, str]:
+    """File name (relative to the dataset folder) → sha256 of its content."""
+    out = {}
     for f in files:
-        st = f.stat()
-        parts.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+        try:
+            out[os.path.relpath(f, folder) if f.is_relative_to(folder) else str(f)] = rio.sha256_file(f)
+        except OSError as err:
+            raise DataError(f"{f}: cannot read ({err}); check the file's permissions") from None
+    return out
+
+
+def _key(name: str, checksums: dict[str, str]) -> str:
+    # content, not size + mtime: an in-place edit that keeps both (or a coarse-mtime file system) must not
+    # serve the tables of the old content
+    parts = [CACHE_VERSION, name, sorted(checksums.items())]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -135,9 +164,10 @@ def load_tables(dataset: str, data_dir: Path | str | None = None, category: str 
 
     if dataset == "ml-100k":
         folder, files = _locate_movielens(root, "ml-100k", ("u.data", "u.item", "u.user", "u.genre"),
-                                          "MovieLens-100K")
+                                          "MovieLens-100K", optional=("u.info",))
     elif dataset == "ml-1m":
-        folder, files = _locate_movielens(root, "ml-1m", ("ratings.dat", "movies.dat", "users.dat"), "MovieLens-1M")
+        folder, files = _locate_movielens(root, "ml-1m", ("ratings.dat", "movies.dat", "users.dat"), "MovieLens-1M",
+                                          optional=("README",))
     elif dataset == "amazon":
         from .amazon import find_files
 
@@ -166,20 +196,35 @@ def load_tables(dataset: str, data_dir: Path | str | None = None, category: str 
             raise _missing("Yelp Open Dataset", candidates,
                            "yelp_academic_dataset_business.json and yelp_academic_dataset_review.json", None)
 
-    key = _key(files)
+    folder = folder if dataset.startswith("ml-") else files[0].parent
+    checksums = _checksums(files, folder)
+    key = _key(name, checksums)
     cdir = rio.cache_dir() / "tables" / f"{name}-{key[:16]}"
     if cache and (cdir / "meta.json").is_file():
         try:
             meta = json.loads((cdir / "meta.json").read_text())
-            return Tables(name=name, dataset=dataset, category=category, domain=meta["domain"],
-                          checksums=meta["checksums"],
-                          interactions=pd.read_parquet(cdir / "interactions.parquet"),
-                          items=pd.read_parquet(cdir / "items.parquet"),
-                          users=pd.read_parquet(cdir / "users.parquet"))
+            tables = Tables(name=name, dataset=dataset, category=category, domain=meta["domain"],
+                            checksums=meta["checksums"], cleaning=meta["cleaning"], warnings=meta["warnings"],
+                            interactions=pd.read_parquet(cdir / "interactions.parquet"),
+                            items=pd.read_parquet(cdir / "items.parquet"),
+                            users=pd.read_parquet(cdir / "users.parquet"))
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuild it below
+        else:
+            for message in tables.warnings:  # the cache must not silence what the cold read said
+                warnings.warn(message, DataWarning, stacklevel=2)
+            return tables
 
-    tables = _read(dataset, folder if dataset.startswith("ml-") else files[0].parent, category, files, name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        tables = _read(dataset, folder, category, files, name)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            tables.warnings.append(str(w.message))
+            warnings.warn(str(w.message), DataWarning, stacklevel=2)
+        else:  # not ours: hand it on unchanged
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    tables.checksums = checksums
     if cache:
         try:
             with rio.atomic_dir(cdir) as tmp:
@@ -187,7 +232,8 @@ def load_tables(dataset: str, data_dir: Path | str | None = None, category: str 
                 tables.items.to_parquet(tmp / "items.parquet", index=False)
                 tables.users.to_parquet(tmp / "users.parquet", index=False)
                 rio.write_json(tmp / "meta.json", {"name": name, "domain": tables.domain,
-                                                   "checksums": tables.checksums,
+                                                   "checksums": tables.checksums, "cleaning": tables.cleaning,
+                                                   "warnings": tables.warnings,
                                                    "files": [str(f) for f in files]})
         except OSError as err:  # a read-only cache must not stop the run
             warnings.warn(f"could not write the table cache {cdir}: {err}", stacklevel=2)
@@ -213,10 +259,9 @@ def _read(dataset: str, folder: Path, category: str | None, files: list[Path], n
         from .yelp import read_yelp
 
         raw = read_yelp(folder)
+    cleaning = {"duplicates_dropped": 0, **raw.get("cleaning", {})}
     inter, items, users = canonicalize(raw["interactions"], raw["items"], raw["users"],
                                        item_order=raw["item_order"], user_order=raw["user_order"],
-                                       source=str(files[0]))
-    checksums = {os.path.relpath(f, folder) if f.is_relative_to(folder) else str(f): rio.sha256_file(f)
-                 for f in files}
+                                       source=str(files[0]), cleaning=cleaning)
     return Tables(name=name, dataset=dataset, category=category, interactions=inter, items=items, users=users,
-                  checksums=checksums, domain=_domain(dataset, category))
+                  domain=_domain(dataset, category), cleaning=cleaning)
