@@ -88,7 +88,8 @@ class Checker:
                 self.problem(key, f"{name!r} is a folder without config.json (not a transformers model)")
         elif looks_like_hub_id(name):
             if hub_snapshot(name) is None:
-                self.problem(key, f"Hugging Face model {name!r} is not in the local cache; {download_hint(name)}")
+                self.problem(key, f"{name!r} is neither a local folder nor a Hugging Face model in the local cache; "
+                                  f"{download_hint(name)}")
         else:
             close = difflib.get_close_matches(name, aliases, n=1, cutoff=0.6)
             hint = f"did you mean '{close[0]}'? " if close else ""

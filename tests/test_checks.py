@@ -73,8 +73,8 @@ def test_a_good_config_passes(tmp_path, ml100k_dir, hub_cache):
                                                "'smollm2-135m'?"),
     ({"teacher": {"name": "gpt-4o"}}, "key 'teacher.name': unknown model 'gpt-4o'"),
     ({"teacher": {"name": "Qwen/Qwen2.5-7B-Instruct"}},
-     "key 'teacher.name': Hugging Face model 'Qwen/Qwen2.5-7B-Instruct' is not in the local cache; download it with "
-     "`huggingface-cli download Qwen/Qwen2.5-7B-Instruct`"),
+     "key 'teacher.name': 'Qwen/Qwen2.5-7B-Instruct' is neither a local folder nor a Hugging Face model in the local "
+     "cache; download it with `huggingface-cli download Qwen/Qwen2.5-7B-Instruct`"),
     ({"teacher": {"name": "runs/none.gguf"}}, "key 'teacher.name': 'runs/none.gguf': the llama.cpp backend needs"),
     ({"teacher": {"options": {"batch_sise": 4}}}, "unknown key 'batch_sise'; did you mean 'batch_size'?"),
     ({"train": {"infer_options": {"adapters": None}, "base_model": "smollm2-135m"}}, "'adapters' is set by the run"),
@@ -90,6 +90,25 @@ def test_each_bad_name_is_reported_with_file_and_key(tmp_path, ml100k_dir, hub_c
     except ConfigError as err:  # some values are refused already by the config's own validation
         lines = str(err).splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{path}:") and expected in lines[0], lines
+
+
+def test_connectors_and_adapter_folders(tmp_path, tiny_model_path):
+    from reasonrec.checks import Checker
+
+    checker = Checker("exp.yaml")
+    checker.connector("rec.connector", "hybrid")
+    checker.connector("rec.connector", "mlpp")
+    checker.adapter("llm.options.adapters.actor", tmp_path)  # a folder, but no adapter in it
+    checker.llm("llm.name", str(tiny_model_path), options={"adapters": {"reflect": str(tmp_path / "none")}})
+    assert checker.problems == [
+        "exp.yaml: key 'rec.connector': unknown connector 'mlpp'; did you mean 'mlp'? known: mlp, moe, hybrid",
+        f"exp.yaml: key 'llm.options.adapters.actor': '{tmp_path}' is not a peft adapter folder (no "
+        "adapter_config.json)",
+        f"exp.yaml: key 'llm.options.adapters.reflect': '{tmp_path / 'none'}' is not a peft adapter folder (no "
+        "adapter_config.json)",
+    ]
+    with pytest.raises(ConfigError, match=r"^exp.yaml: key 'rec.connector'"):
+        checker.raise_if_any()
 
 
 @pytest.mark.parametrize(("sections", "key"), [({"subset": {"users": -5}}, "subset.users"),
