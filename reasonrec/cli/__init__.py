@@ -37,12 +37,21 @@ def run(
     run_dir: Annotated[Path | None, typer.Option(help="Run directory; default: the config's run_dir.")] = None,
     data_dir: Annotated[Path | None, typer.Option(envvar="REASONREC_DATA_DIR",
                                                      help="Folder with the raw dataset files.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the config: resolve every model, adapter, "
+                                          "encoder, backbone and data file it names; run nothing.")] = False,
 ) -> None:
-    """Run a whole experiment; completed stages are skipped, an interrupted one resumes."""
-    from ..methods import load_experiment, run_loaded
+    """Run a whole experiment; completed stages are skipped, an interrupted one resumes. Every name the config
+    gives is checked first (``--dry-run`` stops there)."""
+    from ..methods import check_experiment, load_experiment, resolve_paths, run_loaded
 
     module, cfg = load_experiment(config)
-    run_loaded(module, cfg, run_dir=run_dir, data_dir=data_dir)
+    if dry_run:
+        resolve_paths(cfg, run_dir, data_dir)
+        check_experiment(module, cfg, str(config))
+        typer.echo(f"{config}: ok — every model, encoder, backbone and data file it names resolves; "
+                   f"run dir {cfg.run_dir}")
+        return
+    run_loaded(module, cfg, run_dir=run_dir, data_dir=data_dir, source=str(config))
     root = cfg.run_dir
     table = root / "results.md"
     if table.exists():
@@ -58,9 +67,28 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def flag_error(err, argv: list[str]) -> str:
+    """One line for a pydantic ``ValidationError`` raised by values that came from command-line flags: each
+    field is named by its flag (``epochs`` → ``--epochs``) when the command line gave that flag."""
+    parts = []
+    for e in err.errors():
+        field = str(e["loc"][-1]) if e["loc"] else ""
+        flag = "--" + field.replace("_", "-")
+        given = any(a == flag or a.startswith(flag + "=") for a in argv)
+        where = flag if given else f"option '{field}'"
+        msg = e["msg"][:1].lower() + e["msg"][1:]
+        parts.append(f"{where}: {msg} (got {e.get('input')!r})")
+    return "; ".join(parts)
+
+
 def main() -> None:
+    from pydantic import ValidationError
+
     try:
         app()
     except ReasonRecError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except ValidationError as err:  # a flag's value broke a config's constraint: one line, not pydantic's trace
+        typer.secho(f"error: {flag_error(err, sys.argv[1:])}", fg=typer.colors.RED, err=True)
         sys.exit(2)

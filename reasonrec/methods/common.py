@@ -17,7 +17,7 @@ from ..data import Splits, load_tables, make_splits
 from ..data.tables import Tables
 from ..errors import DataError
 from ..llm.prompts import item_fields, sample_fields
-from ..runs import RunDir
+from ..runs import RunDir, config_fields
 
 
 @dataclass
@@ -119,7 +119,12 @@ def prepare_splits(data: DataSection, run: RunDir, subset=None) -> KnowledgeCont
     """The ``data`` stage: raw files → protocol samples (→ subset), saved in the run directory; the manifest
     records the raw files' checksums."""
     tables = load_tables(data.dataset, data.data_dir, category=data.category)
-    st = run.stage("data")
+    # data_dir is left out: the raw files' sha256 say whether the data changed, wherever it lives
+    depends = {**config_fields(data, "dataset", "category", "protocol", "seed", "options", prefix="data."),
+               **{f"raw/{name}": sha for name, sha in sorted(tables.checksums.items())}}
+    if subset is not None:
+        depends.update(config_fields(subset, "users", "items", prefix="subset."))
+    st = run.stage("data", depends=depends)
     if st.done:
         splits = Splits.load(st.path / "splits")
     else:

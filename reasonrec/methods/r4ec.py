@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 from .. import io
 from ..config import DataSection, Section
 from ..llm.base import LLMSection
-from ..runs import RunDir
+from ..runs import RunDir, config_fields
 from . import r4ec_steps as steps
 from .common import prepare_splits, train_knowledge_backbones
 
@@ -49,8 +49,8 @@ class SubsetSection(Section):
         history_len: interactions shown per history in prompts.
     """
 
-    users: int | None = None
-    items: int | None = None
+    users: int | None = Field(None, ge=1)
+    items: int | None = Field(None, ge=1)
     construct_fraction: float = Field(0.4, gt=0, le=1)
     pos_neg_users: int = Field(3, ge=1)
     history_len: int = Field(10, ge=1)
@@ -119,9 +119,9 @@ class RecSection(Section):
         history_len: history items the backbones read (KAR ``ctr_hist_len`` = 10).
     """
 
-    backbones: list[str] = Field(default_factory=lambda: ["din", "dcn", "autoint", "gru4rec_ctr"])
+    backbones: list[str] = Field(default_factory=lambda: ["din", "dcn", "autoint", "gru4rec_ctr"], min_length=1)
     encoder: str = "minilm"
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
@@ -141,11 +141,23 @@ class Config(Section):
     rec: RecSection = Field(default_factory=RecSection)
 
 
+def check(cfg: Config, checker) -> None:
+    """Every name the config gives, resolved before any stage runs (:mod:`reasonrec.checks`)."""
+    checker.data("data", cfg.data)
+    checker.llm("teacher.name", cfg.teacher.name, cfg.teacher.backend, cfg.teacher.options)
+    # the base model is trained on transformers, then served by train.infer_backend
+    checker.llm("train.base_model", cfg.train.base_model, cfg.train.infer_backend, cfg.train.infer_options,
+                trainable=True, backend_key="train.infer_backend", options_key="train.infer_options")
+    checker.encoder("rec.encoder", cfg.rec.encoder)
+    checker.backbones("rec.backbones", cfg.rec.backbones)
+
+
 # ---------------------------------------------------------------------------------------------- stages
 
 def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
     """Algorithm 1 for users and its §3.3 twin for items, with the teacher."""
-    st = run.stage("construct")
+    st = run.stage("construct", after=["data"], depends=config_fields(
+        cfg, "teacher", "generation", "subset", "data.seed"))
     if st.done:
         return st.info()["branches"]
     from ..llm.base import load_llm
@@ -171,6 +183,11 @@ def stage_train(cfg: Config, run: RunDir) -> dict[str, Path]:
     from ..train.config import SFTConfig
     from ..train.sft import train_sft
 
+    st = run.stage("train", after=["construct"], depends=config_fields(
+        cfg, "train.base_model", "train.epochs", "train.learning_rate", "train.batch_size", "train.max_length",
+        "data.seed"))
+    if st.done:
+        return {k: None if v is None else st.path / v for k, v in st.info()["adapters"].items()}
     src, adapters = run.stage("construct").path, {}
     for side in ("user", "item"):
         sets = {"actor": ["reason", "refine"], "reflect": ["reflect"]}
@@ -191,13 +208,17 @@ def stage_train(cfg: Config, run: RunDir) -> dict[str, Path]:
             })
             run.log(f"train {side}_{role}: LoRA SFT on {len(df)} samples")
             adapters[f"{side}_{role}"] = train_sft(sft, df).adapter_dir
+    rel = {k: None if v is None else Path(v).resolve().relative_to(st.path.resolve()).as_posix()
+           for k, v in adapters.items()}
+    st.complete([v for v in rel.values() if v is not None], adapters=rel)
     return adapters
 
 
 def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None]) -> dict:
     """§3.5 for every user and item of the subset: iterative refinement (its first answer is the System-1
     ablation) and reflection as a filter."""
-    st = run.stage("infer")
+    st = run.stage("infer", after=["data", "train"], depends=config_fields(
+        cfg, "train.base_model", "train.infer_backend", "train.infer_options", "generation", "subset", "data.seed"))
     if st.done:
         return st.info()["stats"]
     from ..llm.base import load_llm
@@ -244,7 +265,7 @@ def stage_encode(cfg: Config, run: RunDir, ctx) -> dict[str, dict[str, np.ndarra
     none is kept). Returns ``{variant: {"user": table, "item": table}}`` indexed by id (row 0 = padding)."""
     from ..knowledge import load_encoder
 
-    st = run.stage("encode")
+    st = run.stage("encode", after=["infer"], depends=config_fields(cfg, "rec.encoder"))
     if not st.done:
         encoder = load_encoder(cfg.rec.encoder)
         for side in ("user", "item"):
@@ -276,7 +297,7 @@ def _table(size: int, ids, emb: np.ndarray) -> np.ndarray:
 
 def stage_rec(cfg: Config, run: RunDir, ctx, knowledge: dict) -> dict:
     """Eq. 12 for every backbone × variant × seed on the same test samples."""
-    st = run.stage("rec")
+    st = run.stage("rec", after=["data", "encode"], depends=config_fields(cfg, "rec"))
     if st.done:
         return json.loads((st.path / "results.json").read_text())
     variants = {"base": None, **knowledge}
