@@ -464,3 +464,17 @@ def test_llamacpp_server_entry_point_loads_with_extra_buffers_off(tmp_path):
     text = log.read_text(errors="replace")
     assert "reasonrec: loading with use_extra_bufts=False (--extra_buffers off" in text
     assert not _EXTRA_BUFT.search(text), text[-3000:]
+
+
+def test_llamacpp_server_takes_the_bundled_alias():
+    from reasonrec.llm import bundled
+    from reasonrec.llm.llamacpp_server import _resolve_model
+
+    try:
+        path = str(bundled.smollm2_gguf())
+    except BackendError as err:
+        pytest.skip(str(err))
+    assert _resolve_model(["--model", "smollm2-135m", "--port", "1"]) == ["--model", path, "--port", "1"]
+    assert _resolve_model(["--model=smollm2-135m"]) == [f"--model={path}"]
+    assert _resolve_model(["--model", "x.gguf", "--model_alias", "smollm2-135m"]) == \
+        ["--model", "x.gguf", "--model_alias", "smollm2-135m"]

@@ -51,9 +51,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"{PROG} needs llama-cpp-python's server extra ({err}); "
                          "pip install 'reasonrec[llamacpp]'") from None
     extra = use_extra_buffers(args.extra_buffers)
-    # Said on stderr, the server's log, so a crash report shows which path the model was loaded with.
-    print(f"reasonrec: loading with use_extra_bufts={extra} (--extra_buffers {args.extra_buffers}; AMX "
-          f"{'present' if amx_present() else 'absent'})", file=sys.stderr, flush=True)
+    if not ("-h" in rest or "--help" in rest):
+        # Said on stderr, the server's log, so a crash report shows which path the model was loaded with.
+        print(f"reasonrec: loading with use_extra_bufts={extra} (--extra_buffers {args.extra_buffers}; AMX "
+              f"{'present' if amx_present() else 'absent'})", file=sys.stderr, flush=True)
     sys.argv = [PROG, *_resolve_model(rest)]
     # For the server's whole life: it loads its model at start, and again when a request names another one.
     with model_params(use_extra_bufts=extra):
