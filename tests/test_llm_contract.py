@@ -26,6 +26,7 @@ import warnings
 import httpx
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from reasonrec.errors import BackendError
 from reasonrec.llm.base import LLM, Generation, load_llm
@@ -338,27 +339,30 @@ def test_llamacpp_bundled_model_is_converted_once(tmp_path, monkeypatch):
 # --- llama.cpp: extra buffer types (use_extra_bufts), the AMX segfault of issue 12 ----------------------------------
 
 # Run in a fresh interpreter: the bundled file as shipped (Q4_1) or converted (Q8_0), extra buffers forced on or
-# off, through every path that crashed on the AMX machine (create_completion, the batched decode loop, scoring).
+# off, through every path that crashed on the AMX machine: the issue's own call (a plain completion of "The capital
+# of France is"), the one-at-a-time and the batched decode loops, scoring.
 _CHILD = """
 import json, sys
 from reasonrec.llm import load_llm
 kind, setting = sys.argv[1], sys.argv[2]
 llm = load_llm("smollm2-135m", backend="llamacpp", n_ctx=256, n_threads=1, requantize=kind, extra_buffers=setting,
                system_prompt="Be brief.")
+plain = llm._gen.create_completion("The capital of France is", max_tokens=16, temperature=0.0)["choices"][0]["text"]
 prompts = ["What is the capital of France?", "Name a fruit."]
 llm.options.parallel = 1
 one = [g.text for g in llm.generate(prompts, max_new_tokens=8)]
 llm.options.parallel = 16
 batched = [g.text for g in llm.generate(prompts, max_new_tokens=8)]
 probs = llm.choice_probs(prompts[:1], ("Yes", "No")).tolist()
-print(json.dumps({"use_extra_bufts": bool(llm._gen.model_params.use_extra_bufts), "one_at_a_time": one,
+print(json.dumps({"use_extra_bufts": bool(llm._gen.model_params.use_extra_bufts), "plain": plain, "one_at_a_time": one,
                   "batched": batched, "probs": probs}))
 """
 
 
 def _run_child(kind: str, setting: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _CHILD, kind, setting], capture_output=True, text=True,
-                          timeout=300)
+    # -X faulthandler: a native crash prints the Python stack it happened under, for the failure message.
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", _CHILD, kind, setting], capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_extra_buffers_rule_follows_amx():
@@ -372,7 +376,7 @@ def test_extra_buffers_rule_follows_amx():
     xeon = frozenset("fpu avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split())
     epyc = frozenset("fpu avx2 avx512f avx512_vnni avx512_bf16 avx512_vp2intersect".split())
     assert cpu.has_amx(xeon) and not cpu.has_amx(epyc)
-    with pytest.raises(Exception, match="extra_buffers"):
+    with pytest.raises(ValidationError, match="extra_buffers"):
         LlamaCppOptions(extra_buffers="maybe")
 
 
@@ -411,6 +415,7 @@ def test_bundled_quantized_files_with_extra_buffers_forced(kind, setting):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["use_extra_bufts"] is (setting == "on")
+    assert out["plain"].startswith(" Paris."), out  # what the AMX machine answered with use_extra_bufts off
     assert all(out["one_at_a_time"]) and all(out["batched"]), out
     assert abs(sum(out["probs"][0]) - 1.0) < 1e-6
     if setting == "on":  # only on an AMX CPU: it did not crash, so this build of llama.cpp may be fixed
