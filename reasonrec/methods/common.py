@@ -163,7 +163,8 @@ class KnowledgeContext:
                     continue
                 sample = {"user_id": eid, "item_id": int(tgt["item_id"]), "hist_item_ids": hist["item_id"].tolist(),
                           "hist_ratings": hist["rating"].tolist(), "hist_labels": hist["label"].tolist()}
-                out.append({"key": f"user:{eid}:{int(tgt['timestamp'])}", "fields": self._fields(sample),
+                out.append({"key": f"user:{eid}:{int(tgt['item_id'])}:{int(tgt['timestamp'])}",
+                            "fields": self._fields(sample),
                             "label": int(tgt["label"])})
                 continue
             ev = self._by_item.get(eid, self._events.iloc[:0])
