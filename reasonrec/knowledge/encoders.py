@@ -44,7 +44,8 @@ class TextEncoder:
             self._st = SentenceTransformer(str(self.path), device=device)
             get_dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
             self.dim = int(get_dim())
-            self.max_length = max_length or _own_max(self._st[0].auto_model.config, self._st.tokenizer)
+            # not the tokenizer's limit: sentence-transformers sets it to its own max_seq_length
+            self.max_length = max_length or _own_max(self._st[0].auto_model.config, None)
             self._st.max_seq_length = self.max_length
         else:
             from transformers import AutoModel, AutoTokenizer

@@ -136,7 +136,8 @@ class ActorTrainSection(Section):
     linear layers, lr 1e-4, 3 epochs, cosine schedule, 10% warm-up).
 
     Fields:
-        base_model: the model the four adapters are trained on (and inference runs on).
+        base_model: the model the adapters (actor, reflector, R²ec actor per side) are trained on, and the
+            un-tuned model of the kar row.
         epochs, learning_rate, batch_size, max_length: the SFT settings.
         infer_backend: the backend that runs the trained adapters at inference (§3.5): ``transformers``
             (CPU/GPU) or ``vllm`` (GPU throughput, adapters served as LoRA requests).
@@ -155,7 +156,7 @@ class ActorTrainSection(Section):
     @classmethod
     def _adapters_are_trained(cls, options: dict[str, Any]) -> dict[str, Any]:
         if "adapters" in options:
-            raise ValueError("'adapters' is set by the run (the four adapters the train stage writes); remove it "
+            raise ValueError("'adapters' is set by the run (the adapters the train stage writes); remove it "
                              "from train.infer_options")
         return options
 
