@@ -8,8 +8,14 @@ a sentence-transformers folder (has ``modules.json``) is used as is, any other t
 ``mean`` or ``cls`` pooling. A hub id with a known pooling (:data:`HUB_POOLING`) gets it; another one is used as
 a sentence-transformers model if it is one, else mean-pooled. Append ``:cls`` / ``:mean`` to choose the pooling.
 
-We use sentence-transformers when the model is one (its pooling and normalisation are the model's own); plain
-transformers encoders are pooled here because sentence-transformers would guess the pooling.
+We use sentence-transformers when the model is one (its pooling is the model's own); plain transformers
+encoders are pooled here because sentence-transformers would guess the pooling.
+
+Input length and scale (R4ec issue 17, deviation 4): texts are cut at the encoder's *own* maximum — its position
+embeddings (``max_position_embeddings``, 512 for MiniLM and BERT, 8192 for BGE-M3), not sentence-transformers'
+``max_seq_length`` (256 for all-MiniLM-L6-v2, which cut the ~200-word knowledge) — unless ``max_length`` says
+otherwise; and every vector is L2-normalised (BGE-M3's dense vectors are, as R4ec's ``rec/knowledge_bge.py``
+uses them, and all-MiniLM-L6-v2 ends in a Normalize module), so knowledge fields share one scale.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ class TextEncoder:
     """Encoder with ``encode(texts) -> (N, dim)`` float32, ``dim`` and a stable ``name`` (the store's key)."""
 
     def __init__(self, name: str, path: Path, pooling: Pooling | None = None, device: str = "cpu",
-                 max_length: int = 256):
-        self.name, self.path, self.device, self.max_length = name, Path(path), device, max_length
+                 max_length: int | None = None, normalize: bool = True):
+        self.name, self.path, self.device, self.normalize = name, Path(path), device, normalize
         self.pooling = pooling
         self._st = None
         self._hf = None
@@ -42,6 +48,9 @@ class TextEncoder:
             self._st = SentenceTransformer(str(self.path), device=device)
             get_dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
             self.dim = int(get_dim())
+            # not the tokenizer's limit: sentence-transformers sets it to its own max_seq_length
+            self.max_length = max_length or _own_max(self._st[0].auto_model.config, None)
+            self._st.max_seq_length = self.max_length
         else:
             from transformers import AutoModel, AutoTokenizer
 
@@ -54,13 +63,14 @@ class TextEncoder:
             self._hf = (tok, model)
             self.pooling = pooling or "mean"
             self.dim = int(model.config.hidden_size)
+            self.max_length = max_length or _own_max(model.config, tok)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if self._st is not None:
             out = self._st.encode(list(texts), batch_size=batch_size, show_progress_bar=progress,
-                                  convert_to_numpy=True)
+                                  convert_to_numpy=True, normalize_embeddings=self.normalize)
             return np.asarray(out, dtype=np.float32)
         import torch
         from tqdm.auto import tqdm
@@ -77,8 +87,20 @@ class TextEncoder:
             else:
                 m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
                 v = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+            if self.normalize:
+                v = torch.nn.functional.normalize(v.float(), dim=-1)
             outs.append(v.float().cpu().numpy())
         return np.concatenate(outs).astype(np.float32)
+
+
+def _own_max(config, tokenizer) -> int:
+    """The longest input the encoder was built for: its position embeddings (minus the 2 offset positions of
+    XLM-R models such as BGE-M3), bounded by the tokenizer's limit when that is a real one."""
+    n = int(getattr(config, "max_position_embeddings", 0) or 512)
+    if getattr(config, "model_type", "") in ("xlm-roberta", "roberta", "camembert"):
+        n -= 2  # positions start after the padding index
+    tok_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    return min(n, tok_max) if 0 < tok_max < 1_000_000 else n
 
 
 def resolve_encoder(name: str) -> tuple[Path, Pooling | None]:

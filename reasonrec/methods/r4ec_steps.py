@@ -4,7 +4,8 @@
   verdict on the target), reflects on its own answer, and refines the answers it judged unreasonable; the
   branches decide which (input, output) pairs become the reasoning, reflection and refinement sets.
 - :func:`iterative_refinement` and :func:`reflection_filter` are the two inference strategies of §3.5, run with
-  the trained actor and reflection adapters.
+  the trained actor and reflection adapters; :func:`single_answer` is the System-1 answer of the ``kar`` (un-tuned
+  model) and ``r2ec`` (actor trained on D_reason only) rows.
 
 Prompts are the package templates ``r4ec_{side}_{reason,reflect,refine}``. Rendered *with* a ``target`` (and the
 target user's history on the item side) they are the construction prompts of Fig. 3, which ask for a verdict;
@@ -173,6 +174,8 @@ class Refinement:
     final: list[str]
     judged_unreasonable_first: int = 0
     judged_unreasonable_final: int = 0
+    judge_unparsed_first: int = 0
+    judge_unparsed_final: int = 0
     refined: int = 0
     parse: ParseStats = field(default_factory=ParseStats)
 
@@ -197,9 +200,12 @@ def iterative_refinement(llm, side: Side, domain: str, entities: Sequence[dict[s
             [prompt(side, "reflect", domain, entities[i], with_target=False, **{kf: current[i]}) for i in pending],
             parse_judgement, gen, adapter=reflector, stats=out_stats)
         bad = [(i, j.value.reflection) for i, j in zip(pending, judged, strict=True) if j.ok and not j.value.reasonable]
+        # A judgement still malformed after generate_parsed's retries is neither "reasonable" nor a reflection
+        # to refine with: it is counted apart (it used to count as reasonable, hiding the answer from refinement)
+        unparsed = sum(1 for j in judged if not j.ok)
         if step == 0:
-            res.judged_unreasonable_first = len(bad)
-        res.judged_unreasonable_final = len(bad)
+            res.judged_unreasonable_first, res.judge_unparsed_first = len(bad), unparsed
+        res.judged_unreasonable_final, res.judge_unparsed_final = len(bad), unparsed
         if step == max_steps or not bad:
             break
         refined = _ask(
@@ -221,6 +227,7 @@ class Filtered:
 
     samples: list[list[str]]
     keep: list[list[bool]]
+    judge_unparsed: int = 0
     parse: ParseStats = field(default_factory=ParseStats)
 
     @property
@@ -251,5 +258,16 @@ def reflection_filter(llm, side: Side, domain: str, entities: Sequence[dict[str,
         parse_judgement, gen, adapter=reflector, stats=stats)
     keep = [[False] * k for _ in entities]
     for (i, s), j in zip(flat, judged, strict=True):
-        keep[i][s] = bool(j.ok and j.value.reasonable)
-    return Filtered(samples=samples, keep=keep, parse=stats)
+        keep[i][s] = bool(j.ok and j.value.reasonable)  # an unparsed judgement keeps nothing, and is counted
+    return Filtered(samples=samples, keep=keep, judge_unparsed=sum(1 for j in judged if not j.ok), parse=stats)
+
+
+def single_answer(llm, side: Side, domain: str, entities: Sequence[dict[str, Any]], *, adapter: str | None,
+                  gen: GenArgs) -> tuple[list[str], ParseStats]:
+    """One greedy reasoning answer per entity, no reflection: the ``kar`` row (``adapter=None``: the un-tuned
+    model, KAR's single chain-of-thought answer) and the ``r2ec`` row (the actor trained on D_reason only,
+    R4ec §4.1.4). A malformed answer (after retries) is the empty string."""
+    stats = ParseStats()
+    got = _ask(llm, side, "reason", [prompt(side, "reason", domain, e, with_target=False) for e in entities],
+               _knowledge_parser, gen, adapter=adapter, stats=stats)
+    return [r.value.knowledge if r.ok else "" for r in got], stats
