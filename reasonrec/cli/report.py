@@ -1,0 +1,48 @@
+"""`reasonrec report RUN_DIR ...` (one self-contained HTML file + markdown) and `reasonrec compare RUN_DIR ...`
+(one leaderboard across runs on the same split)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories holding results.json.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write; default "
+                                                "RUN_DIR/report.html of the first run (report.md beside it).")] = None,
+) -> None:
+    """Write the report of one or more runs (results with intervals and plots, timings, config, versions, data
+    checksums, generated texts; a leaderboard first when the runs share a split) and print its absolute path."""
+    from ..eval.report import write_report
+
+    typer.echo(str(write_report(run_dirs, output)))
+
+
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories made on the same split.")],
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the markdown table.")] = False,
+    n_boot: Annotated[int | None, typer.Option(help="Bootstrap replicates of the paired Δ; default the first "
+                                               "run's.")] = None,
+) -> None:
+    """One leaderboard across runs on the same dataset, protocol and split checksum (refused otherwise), on the
+    metrics they share, with paired Δ where their saved test predictions coincide."""
+    from ..eval.report import compare_runs
+
+    board = compare_runs(run_dirs, n_boot=n_boot)
+    if markdown:
+        typer.echo(board.markdown())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"leaderboard · {len(board.runs)} runs · same split",
+                  caption=(f"Δ paired vs {board.paired_with}" if board.paired_with else "no paired Δ"))
+    for col in board.table.columns:
+        table.add_column(str(col))
+    for row in board.table.itertuples(index=False):
+        table.add_row(*("" if v is None or v != v else (f"{v:.4f}" if isinstance(v, float) else str(v))
+                        for v in row))
+    Console(width=max(140, Console().width)).print(table)
