@@ -61,6 +61,13 @@ def run(
     if table.exists():
         typer.echo(table.read_text())
     typer.echo(f"results: {root / 'results.json'}")
+    from ..eval.report import write_report
+    from ..eval.results import ResultsError
+
+    try:  # the report's path is the run's last line: what to open next
+        typer.echo(f"report: {write_report([root])}")
+    except ResultsError as err:  # e.g. a method that does not write the results schema yet
+        typer.secho(f"warning: no report written: {err}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

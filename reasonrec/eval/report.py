@@ -23,7 +23,6 @@ row, from one set of user replicates (:func:`.bootstrap.evaluate_variants`).
 
 from __future__ import annotations
 
-import base64
 import html
 import io as _io
 import json
@@ -441,7 +440,7 @@ def compare_runs(run_dirs: list[str | Path], n_boot: int | None = None) -> Leade
             f"{d}: {', '.join(_metrics(r))}" for d, r in loaded))
     names = _unique_names([d for d, _ in loaded])
     records = []
-    for (d, res), name in zip(loaded, names, strict=True):
+    for (_, res), name in zip(loaded, names, strict=True):
         rows = {(r.model, r.variant, r.metric): r for r in res.rows if r.subgroup == "all"}
         for model, variant in dict.fromkeys((r.model, r.variant) for r in res.rows if r.subgroup == "all"):
             rec = {"run": name, "method": res.method, "model": model, "variant": variant}
