@@ -398,7 +398,12 @@ class Leaderboard:
 
     def _rows(self) -> tuple[list[str], list[list[Any]]]:
         header = list(self.table.columns)
-        return header, self.table.to_numpy(dtype=object).tolist()
+        t = self.table.astype(object)
+        for col in header:  # Δ signed, values at 4 decimals: the digits a bootstrap interval can support
+            if col in self.metrics or (col.startswith("Δ ") and not col.endswith(" CI")):
+                sign = "+" if col.startswith("Δ ") else ""
+                t[col] = [("" if v is None or v != v else f"{v:{sign}.4f}") for v in self.table[col]]
+        return header, t.to_numpy(dtype=object).tolist()
 
     def markdown(self) -> str:
         header, rows = self._rows()
