@@ -38,7 +38,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from reasonrec.errors import DataError
@@ -61,7 +60,7 @@ def _as_1d(name: str, x, n: int | None = None, dtype=None) -> np.ndarray:
 
 def _binary_labels(labels) -> np.ndarray:
     y = _as_1d("labels", labels)
-    if y.size and not np.isin(y, (0, 1)).all():
+    if y.size and not ((y == 0) | (y == 1)).all():  # not np.isin: 10x slower, and this runs per replicate
         bad = np.unique(y[~np.isin(y, (0, 1))])[:5]
         raise DataError(f"metrics: `labels` must be 0/1; got values {bad.tolist()}")
     return y.astype(np.int64)
@@ -90,8 +89,13 @@ def auc_ranks(labels, scores) -> float:
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = rankdata(s, method="average")
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    order = np.argsort(s, kind="stable")
+    s_o = s[order]
+    tie = np.r_[True, s_o[1:] != s_o[:-1]]
+    first = np.flatnonzero(tie)
+    last = np.r_[first[1:], len(s)] - 1
+    rank = ((first + last) / 2 + 1)[np.cumsum(tie) - 1]  # 1-based average rank of each tie group
+    return float((rank[y[order] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _group_auc(user_ids: np.ndarray, y: np.ndarray, s: np.ndarray, frame: bool = True):

@@ -13,21 +13,25 @@ generation cache, so an interrupted stage resumes without asking the model twice
 
 Ablations written to ``results.json`` (same test samples, same seeds): ``base`` (backbone alone), ``system1``
 (the actor's first answer only: KAR-like System-1 knowledge), ``refine`` (iterative refinement) and ``filter``
-(reflection as a filter).
+(reflection as a filter). ``results.json`` follows :mod:`reasonrec.eval.results` (intervals by user bootstrap,
+paired Δ vs ``results.reference``), computed from the per-sample predictions in ``rec/predictions.parquet``;
+``results.md`` is rendered from it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .. import io
 from ..config import DataSection, Section
+from ..eval import results as R
 from ..llm.base import LLMSection
 from ..runs import RunDir
 from . import r4ec_steps as steps
@@ -139,6 +143,14 @@ class Config(Section):
     generation: GenerationSection = Field(default_factory=GenerationSection)
     train: ActorTrainSection = Field(default_factory=ActorTrainSection)
     rec: RecSection = Field(default_factory=RecSection)
+    results: R.ResultsSection = Field(default_factory=R.ResultsSection)
+
+    @model_validator(mode="after")
+    def _reference_is_a_variant(self):
+        # checked at load: a wrong name would otherwise surface only after the whole run
+        if self.results.reference not in VARIANTS:
+            raise ValueError(f"results.reference must be one of {list(VARIANTS)}; got '{self.results.reference}'")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -278,12 +290,34 @@ def stage_rec(cfg: Config, run: RunDir, ctx, knowledge: dict) -> dict:
     """Eq. 12 for every backbone × variant × seed on the same test samples."""
     st = run.stage("rec")
     if st.done:
-        return json.loads((st.path / "results.json").read_text())
+        return json.loads((st.path / "metrics.json").read_text())
     variants = {"base": None, **knowledge}
-    results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec)
-    io.write_json(st.path / "results.json", results)
-    st.complete(["results.json"])
+    preds: list[pd.DataFrame] = []
+    results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec, predictions=preds)
+    io.write_json(st.path / "metrics.json", results)
+    # kept (with each sample's subgroups) so every interval can be recomputed without retraining
+    io.write_parquet(st.path / "predictions.parquet", R.attach_subgroups(
+        pd.concat(preds, ignore_index=True), ctx.splits.test, ctx.splits.train, cfg.results.activity_edges))
+    st.complete(["metrics.json", "predictions.parquet"])
     return results
+
+
+def write_results(cfg: Config, run: RunDir, ctx, details: dict) -> R.Results:
+    """``results.json`` / ``results.parquet`` / ``timings.json`` / ``results.md`` from the rec stage's
+    predictions (:mod:`reasonrec.eval.results`)."""
+    from ..runs import package_versions
+
+    splits = ctx.splits
+    preds = pd.read_parquet(run.stage("rec").path / "predictions.parquet")
+    res = R.build_results(
+        preds, cfg.results, method="r4ec", dataset=splits.dataset, protocol=splits.protocol,
+        split_checksum=R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test}),
+        config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="rec/predictions.parquet",
+        details=details)
+    R.write_results(run.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                             stage_seconds=_stage_seconds(run)))
+    io.write_text(run.root / "results.md", results_table(res))
+    return res
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
@@ -296,27 +330,19 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     both = pd.concat([ctx.splits.train, ctx.splits.test])
     data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test), "users": int(both["user_id"].nunique()),
             "items": int(both["item_id"].nunique())}
-    seconds = {name: run_dir.stage(name).info().get("seconds") for name in ("construct", "infer", "encode", "rec")}
-    summary = {"data": data, "stage_seconds": seconds, "branches": branches, "inference": infer_stats,
-               "rec": results}
-    io.write_json(run_dir.root / "results.json", summary)
-    io.write_text(run_dir.root / "results.md", results_table(summary))
-    return summary
+    details = {"data": data, "branches": branches, "inference": infer_stats}
+    res = write_results(cfg, run_dir, ctx, details)
+    return {**details, "stage_seconds": _stage_seconds(run_dir), "rec": results, "results": res}
 
 
-def results_table(summary: dict) -> str:
-    """AUC and LogLoss per backbone × variant (mean ± sd over seeds, and the AUC difference to the backbone alone),
-    then the data sizes, Algorithm 1's branch counts and the inference statistics."""
-    lines = ["| backbone | variant | AUC | ± sd | Δ AUC vs base | LogLoss |", "|---|---|---|---|---|---|"]
-    for backbone, by_variant in summary["rec"].items():
-        base = by_variant.get("base", {}).get("auc")
-        for variant in VARIANTS:
-            if variant in by_variant:
-                r = by_variant[variant]
-                sd = float(np.std([x["auc"] for x in r.get("runs", [])] or [0.0]))
-                delta = "" if base is None or variant == "base" else f"{r['auc'] - base:+.4f}"
-                lines.append(f"| {backbone} | {variant} | {r['auc']:.4f} | {sd:.4f} | {delta} | {r['logloss']:.4f} |")
-    for title, key in (("Samples", "data"), ("Stage seconds", "stage_seconds"), ("Algorithm 1 branches", "branches"),
-                       ("Inference", "inference")):
-        lines += ["", f"{title}:", "```", json.dumps(summary.get(key, {}), indent=2), "```"]
+def _stage_seconds(run: RunDir) -> dict[str, float | None]:
+    return {name: run.stage(name).info().get("seconds") for name in ("construct", "infer", "encode", "rec")}
+
+
+def results_table(res: R.Results) -> str:
+    """The schema's table (AUC with its interval, seed sd, paired Δ vs the reference, the other metrics; AUC by
+    subgroup), then the data sizes, Algorithm 1's branch counts and the inference statistics."""
+    lines = [R.render_markdown(res, "auc").rstrip("\n")]
+    for title, key in (("Samples", "data"), ("Algorithm 1 branches", "branches"), ("Inference", "inference")):
+        lines += ["", f"{title}:", "```", json.dumps(res.details.get(key, {}), indent=2), "```"]
     return "\n".join(lines) + "\n"
