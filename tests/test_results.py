@@ -153,6 +153,16 @@ def test_rows_from_predictions_cover_every_key_and_pair_deltas(tmp_path):
     assert md.count("| din |") == 3 and "Δ vs base" in md and "| warm | din/kar |" in md
 
 
+def test_too_few_users_give_a_value_but_no_interval():
+    preds = _predictions(np.random.default_rng(10))
+    res = _results(preds, min_users=13)  # warm: 13 users, cold: 12
+    cold, warm = res.row("din", "kar", "auc", "cold"), res.row("din", "kar", "auc", "warm")
+    assert cold.value is not None and cold.ci_low is None and cold.ci_high is None
+    assert warm.ci_low is not None
+    d = next(d for d in res.deltas if d.subgroup == "cold" and d.variant == "kar" and d.metric == "auc")
+    assert d.value is not None and d.p_value is None and d.ci_low is None
+
+
 def test_unpaired_predictions_are_refused():
     preds = _predictions(np.random.default_rng(6))
     bad = preds.copy()

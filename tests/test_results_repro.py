@@ -73,7 +73,7 @@ def test_same_config_and_seed_give_bit_identical_results(tmp_path, ml100k_dir, t
         "generation": {"max_new_tokens": 8, "max_attempts": 1, "max_refine_steps": 1, "filter_k": 2},
         "train": {"base_model": str(tiny_model_path), "epochs": 1, "batch_size": 4, "max_length": 512},
         "rec": {"backbones": ["din"], "seeds": [0, 1], "epochs": 2, "batch_size": 64},
-        "results": {"n_boot": 200},
+        "results": {"n_boot": 200, "min_users": 2},  # 8 users: intervals only to check they are written
     }
     files = {}
     for name in ("a", "b"):

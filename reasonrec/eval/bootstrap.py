@@ -159,13 +159,15 @@ def _interval(reps: np.ndarray, confidence: float) -> tuple[float, float, int]:
 
 
 def evaluate_variants(metric: str, user_ids, labels, scores: Mapping[str, np.ndarray], reference: str | None = None,
-                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+                      n_boot: int = 1000, confidence: float = 0.95, seed: int = 0, min_users: int = 2
                       ) -> tuple[dict[str, Estimate], dict[str, Delta]]:
     """Every variant's :class:`Estimate` and, if ``reference`` is given, every other variant's paired
     :class:`Delta` against it — all from one set of user replicates.
 
     ``scores[variant]`` is ``(seeds, N)`` (or ``(N,)`` for one seed), aligned with ``user_ids`` and ``labels``:
-    every variant must be scored on the same N samples.
+    every variant must be scored on the same N samples. With fewer than ``min_users`` distinct users the
+    intervals and p-values are ``nan``: the bootstrap cannot see between-user variance it has no users for
+    (one user resampled is always the same user, which would give a zero-width interval and p ≈ 0).
     """
     if not 0 < confidence < 1:
         raise ConfigError(f"bootstrap: confidence must lie in (0, 1); got {confidence}")
@@ -179,8 +181,8 @@ def evaluate_variants(metric: str, user_ids, labels, scores: Mapping[str, np.nda
         raise ConfigError(f"bootstrap: reference variant '{reference}' is not among the variants "
                           f"{sorted(mats)}; name one of them")
     boot = UserBootstrap(u, n_boot, seed)
-    reps = {v: np.empty(n_boot) for v in mats}
-    for b in range(n_boot):
+    reps = {v: np.full(n_boot, np.nan) for v in mats}
+    for b in range(n_boot if boot.n_users >= min_users else 0):
         idx, bu = boot.draw(b)
         yb = y[idx]
         for v, mat in mats.items():

@@ -69,6 +69,9 @@ class ResultsSection(Section):
             1993 §19.3).
         confidence: interval level; default 0.95.
         seed: seed of the user draws (the same draws for every model, variant and subgroup).
+        min_users: a (sub)group with fewer distinct users gets its value but no interval or p-value (``null``):
+            a bootstrap over 1-9 users mostly redraws the same few users and claims a precision it does not
+            have; default 10.
         subgroups: also report warm/cold and user-activity subgroups.
         activity_edges: train-interaction counts that start the activity groups after the first; default
             STARec §5.3.3's ML-1M thresholds (low < 25, medium 25-39, high ≥ 40).
@@ -79,6 +82,7 @@ class ResultsSection(Section):
     n_boot: int = Field(1000, ge=1)
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
+    min_users: int = Field(10, ge=2)
     subgroups: bool = True
     activity_edges: list[int] = Field(default_factory=lambda: [25, 40])
 
@@ -173,6 +177,7 @@ class Results(_Strict):
     n_boot: int
     confidence: float
     bootstrap_seed: int = 0
+    min_users: int = 10
     config: dict[str, Any] = Field(default_factory=dict)
     packages: dict[str, str | None] = Field(default_factory=dict)
     predictions: str | None = None  # path of the per-sample predictions, relative to the run directory
@@ -389,7 +394,7 @@ def rows_from_predictions(preds: pd.DataFrame, section: ResultsSection | None = 
             sub_scores = {v: s[:, mask] for v, s in scores.items()}
             for metric in section.metrics:
                 est, dl = evaluate_variants(metric, u, y, sub_scores, ref, section.n_boot, section.confidence,
-                                            section.seed)
+                                            section.seed, section.min_users)
                 for v in variants:
                     e = est[v]
                     rows.append(ResultRow(model=model, variant=v, metric=metric, subgroup=subgroup,
@@ -441,7 +446,7 @@ def build_results(preds: pd.DataFrame, section: ResultsSection, *, method: str, 
     config = {k: v for k, v in config.items() if k != "run_dir"}
     return Results(method=method, dataset=dataset, protocol=protocol, split_checksum=split_checksum,
                    reference=section.reference, n_boot=section.n_boot, confidence=section.confidence,
-                   bootstrap_seed=section.seed, config=config, packages=packages, predictions=predictions,
+                   bootstrap_seed=section.seed, min_users=section.min_users, config=config, packages=packages, predictions=predictions,
                    rows=rows, deltas=deltas, details=details or {})
 
 
@@ -458,7 +463,7 @@ def recompute(run_dir: str | Path, reference: str) -> Results:
     metrics = list(dict.fromkeys(r.metric for r in res.rows))
     subgroups = any(r.subgroup != "all" for r in res.rows)
     section = ResultsSection(reference=reference, metrics=metrics, n_boot=res.n_boot, confidence=res.confidence,
-                             seed=res.bootstrap_seed, subgroups=subgroups)
+                             seed=res.bootstrap_seed, min_users=res.min_users, subgroups=subgroups)
     rows, deltas = rows_from_predictions(pd.read_parquet(run_dir / res.predictions), section)
     return res.model_copy(update={"reference": reference, "rows": rows, "deltas": deltas})
 
