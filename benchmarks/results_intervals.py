@@ -1,7 +1,7 @@
 """How wide are the intervals of the R4ec CPU study? Its samples (configs/r4ec/ml100k-cpu.yaml: ML-100K kar,
 30 users, 40 items, seed 0; 54 test samples), its four backbones and three seeds, with two variants: ``base``
 (no knowledge; the study's own base rows) and ``noise`` (knowledge vectors of seeded Gaussian noise, 384-d like
-MiniLM: a variant that carries no information, so its true Δ is 0). The table is the results schema's
+MiniLM: a variant that carries no information about the labels, so it cannot truly gain). The table is the results schema's
 (user bootstrap, paired Δ vs base).
 
     python benchmarks/results_intervals.py --data-dir DIR --out runs/results-intervals
