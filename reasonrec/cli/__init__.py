@@ -16,6 +16,7 @@ from ..errors import ReasonRecError
 from .data import app as data_app
 from .llm import app as llm_app
 from .rec import app as rec_app
+from .results import results as results_command
 from .train import app as train_app
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.add_typer(data_app, name="data", help="Read raw datasets, apply split protoc
 app.add_typer(llm_app, name="llm", help="Generate text and score answers with any LLM backend.")
 app.add_typer(rec_app, name="rec", help="Train and evaluate CTR backbones and classic recommenders.")
 app.add_typer(train_app, name="train", help="LLM trainers: LoRA SFT, softmax-DPO, GRPO, Yes/No, experts.")
+app.command(name="results")(results_command)
 
 
 @app.command()
