@@ -16,8 +16,12 @@ from ..errors import ReasonRecError
 from .data import app as data_app
 from .llm import app as llm_app
 from .rec import app as rec_app
+<<<<<<< HEAD
 from .report import compare as compare_command
 from .report import report as report_command
+=======
+from .results import results as results_command
+>>>>>>> main
 from .train import app as train_app
 
 app = typer.Typer(
@@ -31,6 +35,7 @@ app.add_typer(data_app, name="data", help="Read raw datasets, apply split protoc
 app.add_typer(llm_app, name="llm", help="Generate text and score answers with any LLM backend.")
 app.add_typer(rec_app, name="rec", help="Train and evaluate CTR backbones and classic recommenders.")
 app.add_typer(train_app, name="train", help="LLM trainers: LoRA SFT, softmax-DPO, GRPO, Yes/No, experts.")
+app.command(name="results")(results_command)
 app.command(name="report")(report_command)
 app.command(name="compare")(compare_command)
 

@@ -277,18 +277,22 @@ def holdout_last(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd
 
 
 def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str, dict | None], rec,
-                              progress: bool = False, model_options: dict[str, dict] | None = None) -> dict:
+                              progress: bool = False, model_options: dict[str, dict] | None = None,
+                              predictions: list[pd.DataFrame] | None = None) -> dict:
     """Eq. 12: train every backbone of ``rec.backbones`` once per knowledge variant and seed on the same
     samples. A variant is ``None`` (no knowledge) or ``{"user": table, "item": table}`` of vectors indexed by
     id (row 0 = padding), fed through the backbone's connectors. Returns
     ``{backbone: {variant: {"auc", "logloss", "uauc", "acc" (means over seeds), "runs": [...]}}}``.
     ``model_options`` maps a variant to :class:`~reasonrec.rec.ctr.base.CTRModelConfig` fields (e.g. KAR's row
-    uses ``{"connector": "hybrid"}``); other variants use the backbone defaults."""
+    uses ``{"connector": "hybrid"}``); other variants use the backbone defaults. If ``predictions`` is a list,
+    every run's test predictions are appended to it (:func:`reasonrec.eval.results.prediction_frame`;
+    ``sample`` = row position in ``splits.test``)."""
     import torch
 
+    from ..eval.results import prediction_frame
     from ..rec.ctr import CTRModelConfig, build_ctr_model
     from ..rec.features import FeatureBuilder, KnowledgeInput
-    from ..rec.trainer import CTRTrainConfig, train_ctr
+    from ..rec.trainer import CTRTrainConfig, predict, train_ctr
 
     if splits.valid is not None and len(splits.valid):
         train, valid = splits.train, splits.valid
@@ -309,6 +313,10 @@ def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str
                 model = build_ctr_model(backbone, fb.feature_map, CTRModelConfig(**opts) if opts else None)
                 cfg = CTRTrainConfig(seed=seed, epochs=rec.epochs, batch_size=rec.batch_size, progress=progress)
                 m = train_ctr(model, enc["train"], enc["valid"], cfg, test=enc["test"])
+                if predictions is not None:
+                    test = enc["test"]
+                    predictions.append(prediction_frame(backbone, variant, seed, test.user_ids, test.labels,
+                                                        predict(model, test)))
                 runs.append({k: m[k] for k in ("auc", "logloss", "uauc", "acc", "valid/auc", "best_epoch")})
             mean = {k: float(np.mean([r[k] for r in runs])) for k in ("auc", "logloss", "uauc", "acc")}
             results[backbone][variant] = {**mean, "runs": runs}

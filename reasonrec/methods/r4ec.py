@@ -13,64 +13,26 @@ generation cache, so an interrupted stage resumes without asking the model twice
 
 Variants written to ``results.json`` (R4ec Tab. 2; same test samples, same seeds, same knowledge windows):
 
-============  ===================================================================  ==========================
-variant       knowledge                                                            connector (eq. 12)
-============  ===================================================================  ==========================
-base          none: the backbone alone                                             —
-kar           the un-tuned base model's single answer to the reasoning prompts     ``hybrid`` (KAR §3.3: 2
-              (no adapter, no reflection): KAR's System-1 knowledge                shared + 5 specific
-                                                                                   experts, KAR ``run_ctr.py``)
-r2ec          the first answer of an actor trained on D_reason only (§4.1.4)       ``mlp``
-r4ec_refine   actor (D_reason + D_refine) + reflector, iterative refinement        ``mlp``
-r4ec_filter   k actor samples, the reflector's reasonable ones averaged (§3.5)     ``mlp``
-============  ===================================================================  ==========================
-
-``rec.connectors`` changes a row's connector.
-
-Fidelity notes (issue 17, "deviations that change results"), with what the reference code does:
-
-1. Leakage. The LLM reads only interactions strictly before the earliest CTR sample its knowledge serves
-   (``subset.knowledge_window: pre_sample``, :class:`~reasonrec.methods.common.KnowledgeContext`); construction
-   cases come from the same windows, so no CTR label (train or test) reaches any prompt. KAR's code does the
-   same: ``preprocess/generate_data_and_prompt.py`` builds the LM history from ``item_seq[:lm_hist_idx]`` and the
-   CTR samples from ``range(lm_hist_idx, len(item_seq))``; its item prompts show title and brand only. R4ec's
-   code (ucas-hao/R4ec) does not publish the knowledge-prompt inputs: its ``generate_data_and_prompt.py`` has the
-   KAR prompt builder commented out and reads ``lm_hist_idx`` from a split file that its ``preprocess_amz.py``
-   no longer writes, so which history its knowledge saw cannot be checked. ``knowledge_window: train`` keeps the
-   former behaviour (last train interactions, which include the user's train targets) for comparison only.
-2. The five rows above; the KAR row uses KAR's hybrid-expert adaptor as KAR does.
-3. Item prompts show ``subset.pos_neg_users`` (default 1, as R4ec's ``prompt/prompt.py``: "one user who likes
-   the target movie and one user who does not") users with [TITLE, RATING] histories of
-   ``subset.neighbour_history_len`` (default ``history_len``) interactions.
-4. Encoder: the encoder's own maximum input length and L2-normalised vectors
-   (:mod:`reasonrec.knowledge.encoders`); R4ec's ``rec/knowledge_bge.py`` encodes with BGE-M3 at
-   ``max_length=2048`` (its dense vectors are normalised).
-5. Filter: only parsed samples are averaged; an entity none of whose samples parsed takes its refined answer,
-   and the count is reported (``encode`` stage info and ``results.json``).
-6. An unparsed judgement is retried like any malformed answer (``generate_parsed``), then counted apart
-   (``judge_unparsed_*``), never as "reasonable".
-7. Protocol: R4ec's code (``preprocess/preprocess_amz.py``) keeps Amazon-Books users with ≥ 60 and items with
-   ≥ 40 interactions (``user_core = 60``, ``item_core = 40``, as KAR's ``preprocess_amz.py``; KAR and R4ec
-   apply no filter to ML-1M), splits each user's sequence at ``int(0.8 * len)`` and starts train CTR samples at
-   index 11 (``range(11, split + 1)``). Our ``kar`` protocol starts at ``min_history`` = 10 (the first 10
-   interactions are the pre-sample window, and the sample at index 10 is simply one more train sample) and puts
-   index ``split`` in test (R4ec's ``range(11, split + 1)`` puts it in train too, while its ``test.json`` starts
-   at ``split``: an off-by-one we do not copy). The k-core filter is the ``kar`` protocol's ``user_core`` /
-   ``item_core`` options (defaults 60 / 40 on Amazon, 0 elsewhere, :mod:`reasonrec.data.protocols`).
+============  ===================================================================  ===================
+``results.json`` follows :mod:`reasonrec.eval.results` (intervals by user bootstrap, paired Δ vs
+``results.reference``), computed from the per-sample predictions in ``rec/predictions.parquet``; ``results.md``
+is rendered from it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .. import io
 from ..config import DataSection, Section
+from ..eval import results as R
 from ..llm.base import LLMSection
 from ..runs import RunDir, config_fields
 from . import r4ec_steps as steps
@@ -220,6 +182,14 @@ class Config(Section):
     generation: GenerationSection = Field(default_factory=GenerationSection)
     train: ActorTrainSection = Field(default_factory=ActorTrainSection)
     rec: RecSection = Field(default_factory=RecSection)
+    results: R.ResultsSection = Field(default_factory=R.ResultsSection)
+
+    @model_validator(mode="after")
+    def _reference_is_a_variant(self):
+        # checked at load: a wrong name would otherwise surface only after the whole run
+        if self.results.reference not in VARIANTS:
+            raise ValueError(f"results.reference must be one of {list(VARIANTS)}; got '{self.results.reference}'")
+        return self
 
 
 def check(cfg: Config, checker) -> None:
@@ -432,13 +402,35 @@ def stage_rec(cfg: Config, run: RunDir, ctx, knowledge: dict) -> dict:
     """Eq. 12 for every backbone × variant × seed on the same test samples."""
     st = run.stage("rec", after=["data", "encode"], depends=config_fields(cfg, "rec"))
     if st.done:
-        return json.loads((st.path / "results.json").read_text())
+        return json.loads((st.path / "metrics.json").read_text())
     variants = {"base": None, **knowledge}
+    preds: list[pd.DataFrame] = []
     results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec,
-                                        model_options=cfg.rec.model_options())
-    io.write_json(st.path / "results.json", results)
-    st.complete(["results.json"])
+                                        model_options=cfg.rec.model_options(), predictions=preds)
+    io.write_json(st.path / "metrics.json", results)
+    # kept (with each sample's subgroups) so every interval can be recomputed without retraining
+    io.write_parquet(st.path / "predictions.parquet", R.attach_subgroups(
+        pd.concat(preds, ignore_index=True), ctx.splits.test, ctx.splits.train, cfg.results.activity_edges))
+    st.complete(["metrics.json", "predictions.parquet"])
     return results
+
+
+def write_results(cfg: Config, run: RunDir, ctx, details: dict) -> R.Results:
+    """``results.json`` / ``results.parquet`` / ``timings.json`` / ``results.md`` from the rec stage's
+    predictions (:mod:`reasonrec.eval.results`)."""
+    from ..runs import package_versions
+
+    splits = ctx.splits
+    preds = pd.read_parquet(run.stage("rec").path / "predictions.parquet")
+    res = R.build_results(
+        preds, cfg.results, method="r4ec", dataset=splits.dataset, protocol=splits.protocol,
+        split_checksum=R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test}),
+        config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="rec/predictions.parquet",
+        details=details)
+    R.write_results(run.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                             stage_seconds=_stage_seconds(run)))
+    io.write_text(run.root / "results.md", results_table(res))
+    return res
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
@@ -451,32 +443,26 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     both = pd.concat([ctx.splits.train, ctx.splits.test])
     data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test), "users": int(both["user_id"].nunique()),
             "items": int(both["item_id"].nunique())}
-    seconds = {name: run_dir.stage(name).info().get("seconds") for name in ("construct", "infer", "encode", "rec")}
-    summary = {"data": data, "stage_seconds": seconds, "branches": branches, "inference": infer_stats,
+    details = {"data": data, "branches": branches, "inference": infer_stats,
                "encode": run_dir.stage("encode").info().get("counts", {}),
                "connectors": {"base": None, **cfg.rec.connectors},
-               "knowledge_window": cfg.subset.knowledge_window, "rec": results}
-    io.write_json(run_dir.root / "results.json", summary)
-    io.write_text(run_dir.root / "results.md", results_table(summary))
-    return summary
+               "knowledge_window": cfg.subset.knowledge_window}
+    res = write_results(cfg, run_dir, ctx, details)
+    return {**details, "stage_seconds": _stage_seconds(run_dir), "rec": results, "results": res}
 
 
-def results_table(summary: dict) -> str:
-    """AUC and LogLoss per backbone × variant (mean ± sd over seeds, and the AUC difference to the backbone alone),
-    then the data sizes, Algorithm 1's branch counts and the inference statistics."""
-    conn = summary.get("connectors", {})
-    lines = ["| backbone | variant | connector | AUC | ± sd | Δ AUC vs base | LogLoss |",
-             "|---|---|---|---|---|---|---|"]
-    for backbone, by_variant in summary["rec"].items():
-        base = by_variant.get("base", {}).get("auc")
-        for variant in VARIANTS:
-            if variant in by_variant:
-                r = by_variant[variant]
-                sd = float(np.std([x["auc"] for x in r.get("runs", [])] or [0.0]))
-                delta = "" if base is None or variant == "base" else f"{r['auc'] - base:+.4f}"
-                lines.append(f"| {backbone} | {variant} | {conn.get(variant) or '—'} | {r['auc']:.4f} | {sd:.4f} | "
-                             f"{delta} | {r['logloss']:.4f} |")
-    for title, key in (("Samples", "data"), ("Stage seconds", "stage_seconds"), ("Algorithm 1 branches", "branches"),
-                       ("Inference", "inference"), ("Filter pooling and empty answers", "encode")):
-        lines += ["", f"{title}:", "```", json.dumps(summary.get(key, {}), indent=2), "```"]
+def _stage_seconds(run: RunDir) -> dict[str, float | None]:
+    return {name: run.stage(name).info().get("seconds") for name in ("construct", "infer", "encode", "rec")}
+
+
+def results_table(res: R.Results) -> str:
+    """The schema's table (AUC with its interval, seed sd, paired Δ vs the reference, the other metrics; AUC by
+    subgroup), then each variant's connector, the data sizes, Algorithm 1's branch counts, the inference
+    statistics and the filter's pooling counts."""
+    lines = [R.render_markdown(res, "auc").rstrip("\n")]
+    conn = res.details.get("connectors", {})
+    lines += ["", "Connectors (eq. 12): " + ", ".join(f"{v} {c or '—'}" for v, c in conn.items())]
+    for title, key in (("Samples", "data"), ("Algorithm 1 branches", "branches"), ("Inference", "inference"),
+                       ("Filter pooling and empty answers", "encode")):
+        lines += ["", f"{title}:", "```", json.dumps(res.details.get(key, {}), indent=2), "```"]
     return "\n".join(lines) + "\n"
