@@ -16,12 +16,9 @@ from ..errors import ReasonRecError
 from .data import app as data_app
 from .llm import app as llm_app
 from .rec import app as rec_app
-<<<<<<< HEAD
 from .report import compare as compare_command
 from .report import report as report_command
-=======
 from .results import results as results_command
->>>>>>> main
 from .train import app as train_app
 
 app = typer.Typer(
