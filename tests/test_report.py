@@ -36,7 +36,10 @@ def _rates(train: pd.DataFrame, key: str, test: pd.DataFrame, prior: float = 5.0
     return test[key].map(rate).fillna(mean).to_numpy(dtype=np.float64)
 
 
-def _make_run(root, splits, tables, method: str, scores: dict[str, np.ndarray], checksum: str | None = None):
+def _make_run(root, splits, tables, method: str, scores: dict[str, np.ndarray], checksum: str | None = None,
+              hook: str = "marker"):
+    """A run directory in the results schema; its text table is named by the stage marker or by ``details``
+    (the two forms of the report hook)."""
     test = splits.test.reset_index(drop=True)
     preds = pd.concat([R.prediction_frame("stat", v, 0, test["user_id"], test["label"], s)
                        for v, s in scores.items()], ignore_index=True)
@@ -51,12 +54,16 @@ def _make_run(root, splits, tables, method: str, scores: dict[str, np.ndarray], 
     texts = [("likes " + ", ".join(titles[i] for i in hist.get(u, [])[:3])) if u in hist.index else "cold user"
              for u in users]
     io.write_parquet(st.path / "user.parquet", pd.DataFrame({"entity_id": users.to_numpy(), "preference": texts}))
-    st.complete(["user.parquet"], report_texts=["user.parquet"], branches={"kept": 3, "dropped": 1})
+    spec = {"path": "user.parquet", "user_column": "entity_id", "caption": "user preference"}
+    st.complete(["user.parquet"], branches={"kept": 3, "dropped": 1},
+                **({"report_texts": [spec]} if hook == "marker" else {}))
+    details = {"report_texts": [{**spec, "path": "texts/user.parquet"}]} if hook == "details" else {}
     io.write_parquet(root / "predictions.parquet", preds)
     section = R.ResultsSection(reference="base", metrics=["auc", "logloss"], n_boot=100, subgroups=False)
     res = R.build_results(preds, section, method=method, dataset="ml-100k", protocol="collm",
                           split_checksum=checksum or R.split_checksum({"train": splits.train, "test": splits.test}),
-                          config={"method": method}, packages={}, predictions="predictions.parquet")
+                          config={"method": method}, packages={}, predictions="predictions.parquet",
+                          details=details)
     R.write_results(root, res, R.Timings(created="2026-12-01T00:00:00", stage_seconds={"texts": 1.5, "rec": 2.0}))
     return root
 
@@ -69,7 +76,8 @@ def two_runs(collm, tmp_path_factory):
     user = _rates(splits.train, "user_id", test)
     tmp = tmp_path_factory.mktemp("runs")
     a = _make_run(tmp / "pop", splits, tables, "pop", {"base": item, "user_rate": user})
-    b = _make_run(tmp / "blend", splits, tables, "blend", {"base": item, "blend": 0.5 * item + 0.5 * user})
+    b = _make_run(tmp / "blend", splits, tables, "blend", {"base": item, "blend": 0.5 * item + 0.5 * user},
+                  hook="details")
     return a, b, item, user, test
 
 
@@ -137,3 +145,33 @@ def test_cli_report_and_compare(two_runs, tmp_path):
     result = CliRunner().invoke(app, ["compare", str(a), str(b), "--markdown"])
     assert result.exit_code == 0, result.output
     assert "| run | method | model | variant |" in result.output
+
+
+def test_serve_health_model_and_explanations_over_asgi(two_runs, collm):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    import asyncio
+
+    from reasonrec.serve import create_app
+
+    a, b, *_ = two_runs
+    for run in (a, b):  # both forms of the text hook
+        texts = pd.read_parquet(run / "texts" / "user.parquet")
+        res, _ = R.read_results(run)
+
+        async def calls(run=run, texts=texts):
+            transport = httpx.ASGITransport(app=create_app(run))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return [await client.get(p) for p in (
+                    "/healthz", "/v1/model", f"/v1/users/{int(texts.entity_id[0])}/explanation",
+                    "/v1/users/999999/explanation", "/v1/users/abc/explanation")]
+
+        health, model, known, unknown, bad = asyncio.run(calls())
+        assert health.json() == {"status": "ok"}
+        m = model.json()
+        assert m["method"] == res.method and m["split_checksum"] == res.split_checksum
+        assert {(r["variant"], r["metric"], r["value"]) for r in m["metrics"]} == {
+            (r.variant, r.metric, r.value) for r in res.rows if r.subgroup == "all"}
+        assert known.status_code == 200 and known.json()["texts"] == {"preference": texts.preference[0]}
+        assert unknown.status_code == 404 and "999999" in unknown.json()["detail"]
+        assert bad.status_code == 422  # pydantic validation of the path parameter

@@ -230,7 +230,7 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .meta{color:#555}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px;max-height:360px}
 .plot svg{max-width:100%;height:auto}.text{max-width:520px;white-space:pre-wrap}
-details{margin:8px 0}
+details{margin:8px 0}.warn{background:#fff4e5;border-left:4px solid #e8a33d;padding:4px 8px}
 """
 
 
@@ -306,6 +306,9 @@ def _run_section(view: RunView) -> tuple[str, str]:
           f"dataset {res.dataset} · protocol {res.protocol} · split `{res.split_checksum[:16]}` · run `{view.root}`",
           "", render_markdown(res)]
     h.append("<h3>Results</h3>")
+    for note in _warnings(res):  # a degenerate outcome is said where the numbers are read, not left to guess
+        h.append(f'<p class="warn">warning: {_esc(note)}</p>')
+        md.insert(-1, f"> warning: {note}\n")
     for metric in _metrics(res):
         header, rows = _results_rows(res, metric)
         h.append(f"<h4>{_esc(metric)}</h4>" + _html_table(header, rows))
@@ -345,6 +348,22 @@ def _run_section(view: RunView) -> tuple[str, str]:
                  + _html_table(["file", "sha256"], sums) + "</details>")
         md += ["### Data checksums (sha256)", "", _md_table(["file", "sha256"], sums)]
     return "\n".join(h), "\n".join(md)
+
+
+def _warnings(res: Results) -> list[str]:
+    """What makes the table hard to read: no interval for lack of users, metrics undefined on every variant."""
+    out = []
+    all_rows = [r for r in res.rows if r.subgroup == "all"]
+    bare = sorted({r.metric for r in all_rows if r.value is not None and r.ci_low is None})
+    if bare:
+        n = max((r.n for r in all_rows if r.metric == bare[0]), default=0)
+        out.append(f"no interval for {', '.join(bare)}: the test set is too small (n={n}; intervals need at "
+                   f"least {res.min_users} users); differences between variants are not readable")
+    undefined = [m for m in _metrics(res) if all(r.value is None for r in all_rows if r.metric == m)]
+    if undefined:
+        out.append(f"{', '.join(undefined)} undefined on every variant (e.g. no user with both a positive and a "
+                   "negative test sample)")
+    return out
 
 
 def _page(title: str, body: str) -> str:
