@@ -18,6 +18,7 @@ from .llm import app as llm_app
 from .rec import app as rec_app
 from .report import compare as compare_command
 from .report import report as report_command
+from .report import serve as serve_command
 from .results import results as results_command
 from .train import app as train_app
 
@@ -35,6 +36,7 @@ app.add_typer(train_app, name="train", help="LLM trainers: LoRA SFT, softmax-DPO
 app.command(name="results")(results_command)
 app.command(name="report")(report_command)
 app.command(name="compare")(compare_command)
+app.command(name="serve")(serve_command)
 
 
 @app.command()

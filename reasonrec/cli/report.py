@@ -46,3 +46,17 @@ def compare(
         table.add_row(*("" if v is None or v != v else (f"{v:.4f}" if isinstance(v, float) else str(v))
                         for v in row))
     Console(width=max(140, Console().width)).print(table)
+
+
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    host: Annotated[str, typer.Option(help="Address to bind; loopback by default (no auth: do not expose).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Serve a finished run's artifacts over HTTP: /healthz, /v1/model, /v1/users/{id}/explanation."""
+    import uvicorn
+
+    from ..serve import create_app
+
+    uvicorn.run(create_app(run_dir), host=host, port=port, log_level="info")
