@@ -40,12 +40,13 @@ def compare(
 
     table = Table(title=f"leaderboard · {len(board.runs)} runs · same split",
                   caption=(f"Δ paired vs {board.paired_with}" if board.paired_with else "no paired Δ"))
-    for col in board.table.columns:
-        table.add_column(str(col))
-    for row in board.table.itertuples(index=False):
-        table.add_row(*("" if v is None or v != v else (f"{v:.4f}" if isinstance(v, float) else str(v))
-                        for v in row))
-    Console(width=max(140, Console().width)).print(table)
+    header, rows = board.brief()
+    for col in header:
+        table.add_column(str(col), no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console(width=max(160, Console().width)).print(table)
+    typer.echo("(every metric's interval and Δ: --markdown, or `reasonrec report` for the HTML)")
 
 
 def serve(

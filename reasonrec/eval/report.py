@@ -230,7 +230,7 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .meta{color:#555}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px;max-height:360px}
 .plot svg{max-width:100%;height:auto}.text{max-width:520px;white-space:pre-wrap}
-details{margin:8px 0}.warn{background:#fff4e5;border-left:4px solid #e8a33d;padding:4px 8px}
+details{margin:8px 0}.wide{overflow-x:auto}.warn{background:#fff4e5;border-left:4px solid #e8a33d;padding:4px 8px}
 """
 
 
@@ -422,7 +422,20 @@ class Leaderboard:
             if col in self.metrics or (col.startswith("Δ ") and not col.endswith(" CI")):
                 sign = "+" if col.startswith("Δ ") else ""
                 t[col] = [("" if v is None or v != v else f"{v:{sign}.4f}") for v in self.table[col]]
-        return header, t.to_numpy(dtype=object).tolist()
+        # a column empty in every row (a metric undefined everywhere, intervals withheld for too few users) is noise
+        keep = [c for c in header if c in ("run", "method", "model", "variant")
+                or any(v not in (None, "") and v == v for v in t[c])]
+        return keep, t[keep].to_numpy(dtype=object).tolist()
+
+    def brief(self) -> tuple[list[str], list[list[Any]]]:
+        """The terminal's narrower table: the first metric with its interval and paired Δ, the other metrics'
+        values only (``--markdown`` and the HTML have every column)."""
+        header, rows = self._rows()
+        first = self.metrics[0]
+        wanted = {"run", "method", "model", "variant", "n", first, f"{first} CI", f"Δ {first}", f"Δ {first} CI",
+                  *self.metrics}
+        idx = [i for i, c in enumerate(header) if c in wanted]
+        return [header[i] for i in idx], [[r[i] for i in idx] for r in rows]
 
     def markdown(self) -> str:
         header, rows = self._rows()
@@ -436,7 +449,7 @@ class Leaderboard:
         note = (f"Δ paired on the same test samples vs <b>{_esc(self.paired_with)}</b>." if self.paired_with
                 else "No paired Δ: the runs share no per-sample predictions on the same test samples.")
         return (f"<h2>Leaderboard ({len(self.runs)} runs, same split)</h2><p class=\"meta\">{note}</p>"
-                + _html_table(header, rows))
+                + f'<div class="wide">{_html_table(header, rows)}</div>')
 
 
 def _fmt_ci(lo, hi) -> str:
@@ -530,7 +543,7 @@ def _paired_deltas(loaded, names, table: pd.DataFrame, metrics: list[str], n_boo
         _, deltas = evaluate_variants(m, u, y, scores, "__ref__", n_boot or res0.n_boot, res0.confidence,
                                       res0.bootstrap_seed, res0.min_users)
         dv, dci = [None] * len(table), [""] * len(table)
-        dv[0] = 0.0
+        dv[0] = 0.0 if top[m] is not None and top[m] == top[m] else None
         for i, k in idx.items():
             d = deltas[k]
             dv[i] = d.value
