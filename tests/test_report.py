@@ -175,3 +175,15 @@ def test_serve_health_model_and_explanations_over_asgi(two_runs, collm):
         assert known.status_code == 200 and known.json()["texts"] == {"preference": texts.preference[0]}
         assert unknown.status_code == 404 and "999999" in unknown.json()["detail"]
         assert bad.status_code == 422  # pydantic validation of the path parameter
+
+
+def test_a_missing_text_table_is_a_warning_in_the_report_not_a_refusal(two_runs, tmp_path):
+    import shutil
+
+    a, *_ = two_runs
+    run = tmp_path / "copy"
+    shutil.copytree(a, run)
+    (run / "texts" / "user.parquet").unlink()
+    page = write_report([run]).read_text()
+    assert "warning: report_texts names texts/user.parquet, which does not exist" in page
+    assert 'data-plot="variants-auc"' in page

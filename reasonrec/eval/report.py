@@ -57,6 +57,7 @@ class RunView:
     config_text: str | None
     manifest: dict[str, Any] | None
     texts: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the report could not show, said in it
 
     @property
     def name(self) -> str:
@@ -86,7 +87,7 @@ def load_run(run_dir: str | Path) -> RunView:
     config = (root / "config.yaml").read_text() if (root / "config.yaml").is_file() else None
     manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").is_file() else None
     view = RunView(root, res, seconds, {k: v for k, v in info.items() if v}, config, manifest)
-    view.texts = _text_tables(root, res, markers)
+    view.texts = _text_tables(root, res, markers, view.notes)
     return view
 
 
@@ -102,16 +103,17 @@ def _text_specs(res: Results, markers: dict[str, dict[str, Any]]) -> list[dict[s
     return specs
 
 
-def _text_tables(root: Path, res: Results, markers) -> list[tuple[str, pd.DataFrame]]:
+def _text_tables(root: Path, res: Results, markers, notes: list[str]) -> list[tuple[str, pd.DataFrame]]:
     preds = None
     if res.predictions and (root / res.predictions).is_file():
         preds = pd.read_parquet(root / res.predictions)
     out = []
     for spec in _text_specs(res, markers):
         path = root / spec["path"]
-        if not path.is_file():
-            raise ResultsError(f"{root}: report_texts names {spec['path']}, which does not exist; the stage that "
-                               "writes it did not finish, or the name is wrong")
+        if not path.is_file():  # the rest of the report is still worth writing: say it here, do not refuse
+            notes.append(f"report_texts names {spec['path']}, which does not exist in {root}; the stage that "
+                         "writes it did not finish, or the name is wrong")
+            continue
         df = pd.read_parquet(path)
         cols = spec.get("columns") or [c for c in df.columns
                                         if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
@@ -306,7 +308,7 @@ def _run_section(view: RunView) -> tuple[str, str]:
           f"dataset {res.dataset} · protocol {res.protocol} · split `{res.split_checksum[:16]}` · run `{view.root}`",
           "", render_markdown(res)]
     h.append("<h3>Results</h3>")
-    for note in _warnings(res):  # a degenerate outcome is said where the numbers are read, not left to guess
+    for note in _warnings(res) + view.notes:  # a degenerate outcome is said where the numbers are read, not left to guess
         h.append(f'<p class="warn">warning: {_esc(note)}</p>')
         md.insert(-1, f"> warning: {note}\n")
     for metric in _metrics(res):
