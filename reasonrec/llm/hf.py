@@ -29,18 +29,18 @@ from ..errors import BackendError
 from . import bundled
 from .base import (
     BASE,
-    ConstraintArg,
     AdapterArg,
+    ConstraintArg,
     Generation,
     Prompt,
     SequenceLogprob,
+    as_messages,
     chat_text,
     check_generate_args,
     choice_variants,
     per_prompt_adapters,
     renormalise,
     split_response_prefix,
-    as_messages,
     truncate_at_stop,
 )
 from .constraints import LOCAL_KINDS, check_supported, per_prompt_constraints
@@ -144,6 +144,9 @@ class TransformersLLM:
         eos = eos if isinstance(eos, list) else [eos]
         self._eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
         self._grammars = None  # GrammarSession, built on the first constrained call
+
+    def check_constraints(self, constraints) -> None:
+        check_supported("transformers", self.supports, constraints)
 
     def grammar_session(self):
         """The compiled-grammar cache for this tokenizer (xgrammar's vocabulary of the model's logits width)."""
@@ -260,7 +263,7 @@ class TransformersLLM:
         check_generate_args(n, temperature, top_p, max_new_tokens)
         adapters = per_prompt_adapters(adapter, len(prompts))
         constraints = per_prompt_constraints(constraint, len(prompts))
-        check_supported("transformers", self.supports, constraints)
+        self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
         results: list[Generation | None] = [None] * len(prompts)
         for batch in self._batches([len(e) for e in encoded]):

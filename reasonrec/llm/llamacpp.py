@@ -216,7 +216,7 @@ class LlamaCppLLM:
         check_generate_args(n, temperature, top_p, max_new_tokens)
         self._check_adapter(adapter, len(prompts))
         constraints = per_prompt_constraints(constraint, len(prompts))
-        check_supported("llama.cpp", self.supports, constraints)
+        self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
         if not encoded:
             return []
@@ -237,6 +237,9 @@ class LlamaCppLLM:
             out[r.prompt].texts[r.sample] = r.text
             out[r.prompt].completion_tokens[r.sample] = len(r.tokens)
         return out
+
+    def check_constraints(self, constraints) -> None:
+        check_supported("llama.cpp", self.supports, constraints)
 
     def grammar_session(self):
         """The compiled-grammar cache over this GGUF's vocabulary: every token's bytes as llama.cpp detokenizes
