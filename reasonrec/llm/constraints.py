@@ -53,6 +53,22 @@ def chars_for_tokens(tokens: int, reserve: int = 0) -> int:
     return max(1, (tokens - reserve) * CHARS_PER_TOKEN)
 
 
+def regex_escape(text: str) -> str:
+    """``text`` as a regex literal both Python's ``re`` and xgrammar read (``re.escape`` escapes spaces and writes
+    a raw line break after a backslash, which xgrammar's regex parser does not take)."""
+    out = []
+    for ch in text:
+        if ch in ".^$*+?{}[]\\|()/-":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _ebnf_str(s: str) -> str:
     """An EBNF string literal (xgrammar reads JSON-style escapes)."""
     return json.dumps(s, ensure_ascii=False)
@@ -164,7 +180,7 @@ class Choice(Constraint):
         return xgr.Grammar.from_ebnf("root ::= " + " | ".join(_ebnf_str(o) for o in self.options))
 
     def regex(self) -> str:
-        return "(" + "|".join(re.escape(o) for o in self.options) + ")"
+        return "(" + "|".join(regex_escape(o) for o in self.options) + ")"
 
 
 class Ranking(Constraint):
@@ -204,7 +220,7 @@ class Ranking(Constraint):
         return xgr.Grammar.from_ebnf("\n".join([root, *rules, *lines]))
 
     def regex(self) -> str:
-        title = "(" + "|".join(re.escape(t) for t in self.titles) + ")"
+        title = "(" + "|".join(regex_escape(t) for t in self.titles) + ")"
         tail = f" - [^\\n]{{1,{self.explain_chars}}}\\n" if self.explain else "\\n"
         think = f"<think>[^<]{{0,{self.think_chars}}}</think>\\n" if self.think_chars else ""
         return think + "".join(f"{k}\\. {title}{tail}" for k in range(1, len(self.titles) + 1))
