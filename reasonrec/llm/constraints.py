@@ -277,6 +277,15 @@ class _Vocab:
         self.newline_ids = np.array([i for i, b in enumerate(self.token_bytes) if b"\n" in b], dtype=np.int64)
 
 
+def _xgrammar():
+    try:
+        import xgrammar
+    except ImportError:
+        raise BackendError("constrained generation on a local backend needs xgrammar: pip install xgrammar==0.2.9") \
+            from None
+    return xgrammar
+
+
 class GrammarSession:
     """Compiled grammars for one vocabulary (one per backend instance), cached by constraint key.
 
@@ -284,7 +293,7 @@ class GrammarSession:
     """
 
     def __init__(self, info, cache_size: int = 256):
-        import xgrammar as xgr
+        xgr = _xgrammar()
 
         self.vocab = _Vocab(info=info, size=info.vocab_size, token_bytes=list(info.decoded_vocab))
         # One compiler thread: the machine's cores belong to the model's matrix products.
@@ -293,7 +302,7 @@ class GrammarSession:
 
     @classmethod
     def from_huggingface(cls, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]) -> GrammarSession:
-        import xgrammar as xgr
+        xgr = _xgrammar()
 
         return cls(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
                                                       stop_token_ids=sorted(stop_token_ids)))
@@ -302,7 +311,7 @@ class GrammarSession:
     def from_token_bytes(cls, token_bytes: Sequence[bytes], stop_token_ids: Sequence[int]) -> GrammarSession:
         """From each token's raw bytes (e.g. a GGUF vocabulary read through llama.cpp); special tokens have
         ``b""`` and are never allowed, except the stop tokens at the end."""
-        import xgrammar as xgr
+        xgr = _xgrammar()
 
         return cls(xgr.TokenizerInfo(list(token_bytes), xgr.VocabType.RAW, vocab_size=len(token_bytes),
                                      stop_token_ids=sorted(stop_token_ids)))

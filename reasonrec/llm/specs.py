@@ -16,7 +16,6 @@ the closing tags always fit: see :func:`~reasonrec.llm.constraints.chars_for_tok
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
