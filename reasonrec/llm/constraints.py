@@ -92,6 +92,8 @@ class Constraint:
         """The constraint as one regular expression, for servers that take regexes (``None`` if it has none)."""
         return None
 
+    reserve_tokens: int = 0
+
     def matcher_extra(self, vocab: _Vocab) -> _Extra | None:
         """An additional per-row rule on top of the grammar (rankings); ``None`` for pure grammars."""
         return None
@@ -107,19 +109,25 @@ class Constraint:
 
 
 class Regex(Constraint):
-    """The answer matches ``pattern`` in full (xgrammar's regex dialect: classes, groups, ``|``, ``*+?{m,n}``)."""
+    """The answer matches ``pattern`` in full (xgrammar's regex dialect: classes, groups, ``|``, ``*+?{m,n}``).
+
+    ``reserve_tokens``: tokens the format needs after its free text (closing tags, a verdict). Once a row has no
+    more than that many tokens of its ``max_new_tokens`` left, the matcher *wraps up*: it allows only a stop token
+    or a token opening a tag (``<``) wherever the grammar allows one, so free text ends and the closing parts fit
+    (a character bound alone cannot promise that: digits and rare words take a token per character)."""
 
     kind = "regex"
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str, reserve_tokens: int = 0):
         try:
             re.compile(pattern)
         except re.error as err:
             raise BackendError(f"Regex constraint: {pattern!r} is not a valid regular expression ({err})") from None
         self.pattern = pattern
+        self.reserve_tokens = int(reserve_tokens)
 
     def key(self) -> dict[str, Any]:
-        return {"regex": self.pattern}
+        return {"regex": self.pattern, **({"reserve_tokens": self.reserve_tokens} if self.reserve_tokens else {})}
 
     def grammar(self):
         import xgrammar as xgr
@@ -271,10 +279,39 @@ class _Vocab:
     info: Any
     size: int
     token_bytes: list[bytes]
-    newline_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    stop_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    newline_ids: np.ndarray = field(init=False)
+    closing_newline_ids: np.ndarray = field(init=False)  # a line break after a ">" ("</think>\n" ends a block)
+    tag_ids: np.ndarray = field(init=False)  # tokens that open a tag
+    line_ids: np.ndarray = field(init=False)  # tokens that start with a line break
 
     def __post_init__(self) -> None:
-        self.newline_ids = np.array([i for i, b in enumerate(self.token_bytes) if b"\n" in b], dtype=np.int64)
+        def ids(pred) -> np.ndarray:
+            return np.array([i for i, b in enumerate(self.token_bytes) if b and pred(b)], dtype=np.int64)
+
+        self.lengths = np.array([len(b) for b in self.token_bytes], dtype=np.int64)
+        self.first = np.array([b[0] if b else -1 for b in self.token_bytes], dtype=np.int64)
+        self.newline_ids = ids(lambda b: b"\n" in b)
+        self.closing_newline_ids = ids(lambda b: b"\n" in b and b">" in b)
+        self.tag_ids = ids(lambda b: b.startswith(b"<"))
+        self.line_ids = ids(lambda b: b.startswith(b"\n"))
+
+
+def _bits_of(bits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The ids among ``ids`` whose bit is set in a uint32 bitmask row."""
+    if ids.size == 0:
+        return ids
+    return ids[((bits[ids >> 5] >> (ids & 31).astype(np.uint32)) & 1) == 1]
+
+
+def _only(bits: np.ndarray, ids: np.ndarray) -> bool:
+    """Keep only ``ids`` (those already allowed) in a uint32 bitmask row; False (row unchanged) if none is."""
+    keep = _bits_of(bits, ids)
+    if keep.size == 0:
+        return False
+    bits[:] = 0
+    np.bitwise_or.at(bits, keep >> 5, (np.uint32(1) << (keep & 31).astype(np.uint32)))
+    return True
 
 
 def _xgrammar():
@@ -295,7 +332,8 @@ class GrammarSession:
     def __init__(self, info, cache_size: int = 256):
         xgr = _xgrammar()
 
-        self.vocab = _Vocab(info=info, size=info.vocab_size, token_bytes=list(info.decoded_vocab))
+        self.vocab = _Vocab(info=info, size=info.vocab_size, token_bytes=list(info.decoded_vocab),
+                            stop_ids=np.array(sorted(info.stop_token_ids), dtype=np.int64))
         # One compiler thread: the machine's cores belong to the model's matrix products.
         self._compiler = xgr.GrammarCompiler(info, max_threads=1)
         self._compile = functools.lru_cache(maxsize=cache_size)(self._compile_uncached)
@@ -324,10 +362,12 @@ class GrammarSession:
         except Exception as err:  # xgrammar reports bad grammars as RuntimeError with its parser's message
             raise BackendError(f"cannot compile {constraint!r} to a grammar: {err}") from None
 
-    def matcher(self, constraint: Constraint, prefix: str = "") -> RowMatcher:
-        """A fresh per-row state for ``constraint`` that has consumed ``prefix`` (the response prefix)."""
+    def matcher(self, constraint: Constraint, prefix: str = "", max_new_tokens: int = 0) -> RowMatcher:
+        """A fresh per-row state for ``constraint`` that has consumed ``prefix`` (the response prefix);
+        ``max_new_tokens`` (0 = unknown) lets it wrap up in time (see :class:`Regex`)."""
         compiled = self._compile(json.dumps(constraint.key(), sort_keys=True), constraint)
-        m = RowMatcher(compiled, self.vocab, constraint.matcher_extra(self.vocab))
+        m = RowMatcher(compiled, self.vocab, constraint.matcher_extra(self.vocab), budget=max_new_tokens,
+                       reserve=constraint.reserve_tokens)
         if prefix and not m.accept_text(prefix):
             raise BackendError(f"the response prefix {prefix[:60]!r} does not match {constraint!r}: a constraint "
                                "describes the whole answer, prefix included")
@@ -337,12 +377,13 @@ class GrammarSession:
 class RowMatcher:
     """The constraint state of one generated row (backend-neutral; see the module docstring)."""
 
-    def __init__(self, compiled, vocab: _Vocab, extra: _Extra | None = None):
+    def __init__(self, compiled, vocab: _Vocab, extra: _Extra | None = None, budget: int = 0, reserve: int = 0):
         import xgrammar as xgr
 
         self._m = xgr.GrammarMatcher(compiled)
         self.vocab = vocab
         self.extra = extra
+        self.budget, self.reserve, self.generated = budget, reserve, 0
         self.width = (vocab.size + 31) // 32
         self._bits = np.zeros((1, self.width), dtype=np.int32)
         self.rejected = False  # a token outside the format reached accept (a caller bug or a stop-string cut)
@@ -362,6 +403,7 @@ class RowMatcher:
         if self.done or not self._m.accept_token(int(token_id)):
             self.rejected = True
             return False
+        self.generated += 1
         if self.extra is not None:
             self.extra.advance(self.vocab.token_bytes[int(token_id)] if token_id < len(self.vocab.token_bytes)
                                else b"")
@@ -370,8 +412,29 @@ class RowMatcher:
     def fill(self, bitmask: np.ndarray, index: int = 0) -> None:
         """Write the allowed next tokens into row ``index`` of an int32 bitmask of shape (B, ceil(V / 32))."""
         self._m.fill_next_token_bitmask(bitmask, index)
+        bits = bitmask[index].view(np.uint32)
         if self.extra is not None:
-            self.extra.restrict(bitmask[index].view(np.uint32))
+            self.extra.restrict(bits)
+        if self.budget:
+            reserve = self.extra.reserve() if self.extra is not None else self.reserve
+            if reserve and self.budget - self.generated <= reserve:
+                self._wrap_up(bits)
+
+    def _wrap_up(self, bits: np.ndarray) -> None:
+        """Out of free-text budget: a stop token if allowed, else a tag opening (or, in a ranking's explanation, a
+        line break) if allowed, else whatever the grammar allows (a fixed part being written). Then, of the tokens
+        left, only the longest per first byte: the fixed parts take as few tokens as the vocabulary allows, and
+        where the format branches (a verdict: "like" / "not like") the model still picks the branch."""
+        if _only(bits, self.vocab.stop_ids):
+            return
+        if self.extra is None or not self.extra.wrap_up(bits):
+            _only(bits, self.vocab.tag_ids)
+        allowed = np.flatnonzero(np.unpackbits(bits.view(np.uint8), bitorder="little")[:self.vocab.size])
+        if allowed.size > 1:
+            first, lengths = self.vocab.first[allowed], self.vocab.lengths[allowed]
+            order = np.lexsort((-lengths, first))  # by first byte, longest first
+            keep = allowed[order][np.r_[True, first[order][1:] != first[order][:-1]]]
+            _only(bits, keep)
 
     def allowed(self) -> np.ndarray:
         """Boolean (V,) of the tokens allowed next."""
@@ -379,11 +442,15 @@ class RowMatcher:
         return np.unpackbits(self._bits[0].view(np.uint8), bitorder="little")[:self.vocab.size].astype(bool)
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """Set the logits of forbidden tokens to -inf, in place (logits wider than the vocabulary, as padded
-        embedding matrices give, lose their extra columns too)."""
-        allowed = self.allowed()
-        logits[:self.vocab.size][~allowed] = -np.inf
-        logits[self.vocab.size:] = -np.inf
+        """Set the logits (float32, (V,)) of forbidden tokens to -inf, in place, with xgrammar's CPU kernel
+        (logits wider than the vocabulary, as padded embedding matrices give, lose their extra columns too)."""
+        import torch
+        import xgrammar as xgr
+
+        self.fill(self._bits, 0)
+        view = torch.from_numpy(logits)  # shares memory with the caller's buffer
+        xgr.apply_token_bitmask_inplace(view[None, :self.vocab.size], torch.from_numpy(self._bits))
+        view[self.vocab.size:] = float("-inf")
         return logits
 
 
@@ -393,6 +460,12 @@ class _Extra:
     def advance(self, data: bytes) -> None: ...
 
     def restrict(self, bits: np.ndarray) -> None: ...
+
+    def reserve(self) -> int:
+        return 0
+
+    def wrap_up(self, bits: np.ndarray) -> bool:
+        return False
 
 
 _NUMBER = re.compile(rb"^(\d+)\. ")
@@ -448,6 +521,19 @@ class _DistinctTitles(_Extra):
                     return True
         return False
 
+    def reserve(self) -> int:
+        """Tokens the unwritten titles need (about one per 2 characters: digits are single tokens) plus the
+        numbering and, in the think block, its closing."""
+        left = [t for t in self.titles if t not in self.used]
+        return sum(len(t) // 2 + 5 for t in left) + 4 + (6 if not self.in_list else 0)  # + this line's end
+
+    def wrap_up(self, bits: np.ndarray) -> bool:
+        if not self.in_list:
+            return _only(bits, self.vocab.tag_ids)  # close the think block
+        if self._explaining():
+            return _only(bits, self.vocab.line_ids)  # end the explanation
+        return True  # writing a number or a title: the grammar and the distinct-title rule decide
+
     def _explaining(self) -> bool:
         """The current line's title is complete and its explanation started: only line breaks need checking."""
         m = _NUMBER.match(self.line)
@@ -494,9 +580,12 @@ class _DistinctTitles(_Extra):
         """Clear the bits of allowed tokens that would repeat a title. In title text the grammar allows few
         tokens (prefixes of the candidates), so each is checked; in explanation or think text only line breaks
         can start a new title, so only tokens containing one are."""
-        if not self.in_list or self._explaining():
-            ids = self.vocab.newline_ids
-            ids = ids[(bits[ids >> 5] >> (ids & 31).astype(np.uint32)) & 1 == 1]
+        if not self.in_list:
+            # Only a line break that ends "</think>" can start the list.
+            ids = self.vocab.newline_ids if self.pre.endswith(b"</think>") else self.vocab.closing_newline_ids
+            ids = _bits_of(bits, ids)
+        elif self._explaining():
+            ids = _bits_of(bits, self.vocab.newline_ids)
         else:
             allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[:self.vocab.size]
             ids = np.flatnonzero(allowed)

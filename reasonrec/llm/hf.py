@@ -274,8 +274,8 @@ class TransformersLLM:
             if any(constraints[i] is not None for i in batch):
                 session = self.grammar_session()
                 prefixes = {i: split_response_prefix(as_messages(prompts[i]))[1] for i in batch}
-                matchers = [session.matcher(constraints[i], prefixes[i]) if constraints[i] is not None else None
-                            for i in batch for _ in range(n)]
+                matchers = [session.matcher(constraints[i], prefixes[i], max_new_tokens)
+                            if constraints[i] is not None else None for i in batch for _ in range(n)]
             new = self._decode(rows, row_adapters, _batch_seed(seed, rows), max_new_tokens, temperature, top_p, stop,
                                matchers)
             for j, i in enumerate(batch):

@@ -230,7 +230,7 @@ class LlamaCppLLM:
             prefixes = [split_response_prefix(as_messages(p, self.options.system_prompt))[1] for p in prompts]
             for r in rows:
                 if constraints[r.prompt] is not None:
-                    r.matcher = session.matcher(constraints[r.prompt], prefixes[r.prompt])
+                    r.matcher = session.matcher(constraints[r.prompt], prefixes[r.prompt], r.max_new)
         self._decode_rows(rows, temperature, top_p, list(s for s in stop or [] if s), seed)
         out = [Generation(texts=[""] * n, prompt_tokens=len(ids), completion_tokens=[0] * n) for ids in encoded]
         for r in rows:

@@ -55,10 +55,10 @@ Part = Lit | Text | OneOf
 
 
 def _fixed_tokens(parts: Sequence[Part]) -> int:
-    """Tokens the fixed parts need, estimated high (tags split into ~2 characters per token)."""
+    """Tokens the fixed parts need, estimated high (SmolLM2 writes "<User Preference>" as 5 tokens)."""
     chars = sum(len(p.text) for p in parts if isinstance(p, Lit))
     chars += sum(max(map(len, p.options)) for p in parts if isinstance(p, OneOf))
-    return chars // 2 + 4
+    return chars // 3 + 4
 
 
 def _regex(parts: Sequence[Part], budget: int) -> str:
@@ -104,7 +104,9 @@ class TaskSpec:
 def _spec(task: str, branches: Sequence[Sequence[Part]], parse: Callable[[str], Any], budget: int) -> TaskSpec:
     pattern = "|".join(f"(?:{_regex(b, budget)})" for b in branches) if len(branches) > 1 else _regex(branches[0],
                                                                                                     budget)
-    return TaskSpec(task=task, constraint=Regex(pattern), parse=parse, branches=tuple(tuple(b) for b in branches))
+    reserve = max(_fixed_tokens(b) for b in branches) if any(isinstance(p, Text) for b in branches for p in b) else 0
+    return TaskSpec(task=task, constraint=Regex(pattern, reserve_tokens=reserve), parse=parse,
+                    branches=tuple(tuple(b) for b in branches))
 
 
 def _verdict(domain: str) -> OneOf:
