@@ -211,3 +211,21 @@ def test_llamacpp_bundled_model_follows_a_format_it_does_not_write_unconstrained
     g = llm.generate(["Rank these movies: " + "; ".join(few)], max_new_tokens=90,
                      constraint=Ranking(few, explain=False))[0]
     assert _permutation(g.text, few, explain=False), g.text
+
+
+def test_r4ec_construction_on_the_random_model_parses_every_answer_when_constrained(tiny):
+    """Algorithm 1 with the random model as teacher: unconstrained nothing parses; constrained (primed as the CPU
+    configs are) every reasoning and judgement parses, so every case reaches a real branch."""
+    from reasonrec.methods import r4ec_steps as steps
+
+    cases = [{"key": f"u{i}", "label": i % 2,
+              "fields": {"history": [{"title": "Toy Story (1995)", "rating": 5}, {"title": "Heat (1995)", "rating": 2}],
+                         "like_threshold": 3, "target": {"title": "Babe (1995)", "year": None, "categories": "",
+                                                         "description": ""}}} for i in range(3)]
+    free = steps.construct(tiny, "user", "movie", cases, steps.GenArgs(max_new_tokens=48, max_attempts=1))
+    assert free.branches["reason_unparsed"] == 3
+    gen = steps.GenArgs(max_new_tokens=48, max_attempts=1, prime=True, constrain=True, domain="movie")
+    built = steps.construct(tiny, "user", "movie", cases, gen)
+    assert built.parse.failures == 0 and built.parse.ok == built.parse.total >= 6
+    assert built.branches["reason_unparsed"] == 0 and built.branches["reflect_unparsed"] == 0
+    assert sum(built.branches.values()) == 3  # each case took a real branch
