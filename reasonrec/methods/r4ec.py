@@ -71,7 +71,8 @@ class GenerationSection(Section):
             bounded free text), so every answer parses. ``None`` (default) = wherever the backend enforces regex
             constraints (transformers, llama.cpp, vLLM; an HTTP server only with ``options.structured: vllm``);
             ``true`` on a backend that cannot is an error; ``false`` = parse-and-retry only. The run records which
-            (``constrained`` in the branch counts).
+            (``constrained`` in the branch counts). vLLM refuses ``prime`` together with a constraint (it constrains
+            the continuation only); the constraint already writes the opening tags.
     """
 
     max_new_tokens: int = Field(200, ge=8)
