@@ -43,8 +43,8 @@ class CTRModelConfig(Section):
             ``None`` has the field. Why off on a time split: ~86% of ML-100K ``collm`` test samples belong to
             users with no training row, whose id rows stay at their near-zero init; with the field the model
             learns each training user's bias from the id instead of from the history (which every user has)
-            and mispredicts the cold majority. Measured on ML-100K collm, seed 0, DeepFM test AUC 0.734 → 0.752
-            without it (issue 15).
+            and mispredicts the cold majority (``run_ctr`` drops the demographic fields there too, for the same
+            reason; figures at ``reasonrec.rec.pipeline.USER_FIELDS``).
     Knowledge:
         connector: ``mlp`` (R4ec/TrackRec), ``moe`` or ``hybrid`` (KAR hybrid-expert adaptor); default ``mlp``.
         connector_hidden: hidden sizes inside connector MLPs / experts; default (128,).
