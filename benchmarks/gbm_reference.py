@@ -14,7 +14,7 @@ The five statistics of a sample, all from interactions strictly before it or fro
 
 For a training sample, 4.-5. are the training-set statistics of its item, its own label included (scikit-learn
 fitted on what it will be scored with; leave-one-out statistics shift their distribution between train and test
-and score worse: test AUC 0.676 with ``HistGradientBoostingClassifier``). Both scikit-learn gradient boosting
+and score worse: test AUC 0.668 with ``HistGradientBoostingClassifier``, seed 0). Both scikit-learn gradient boosting
 classifiers run with their default settings (``random_state=seed``). The CTR backbones run through
 :func:`reasonrec.rec.pipeline.run_ctr` with their default settings, i.e. what
 ``reasonrec rec train --model NAME --dataset ml-100k --protocol collm --seed SEED`` does. The script prints the
