@@ -2,8 +2,9 @@
 
 Every backbone sees the same feature fields (B = batch, D = ``embedding_dim``, L = history length):
 
-- ``user``: user-id embedding (only with ``user_id_field``, see :class:`CTRModelConfig`);   ``item``: target item-id embedding;   ``cats``: mean of the item's category
-  embeddings;   one field per demographic column present (gender, age, occupation);
+- ``user``: user-id embedding (unless ``user_id_field=False``, see :class:`CTRModelConfig`);   ``item``: target
+  item-id embedding;   ``cats``: mean of the item's category embeddings;   one field per demographic column
+  present (gender, age, occupation);
 - ``history`` (non-sequence models only): masked mean of the history items' embeddings (plus the rating-level
   embedding as side information, so liked and disliked history items differ);
 - one field per knowledge vector, mapped by a connector (``reasonrec.rec.connectors``) to D — the text-vector
@@ -39,8 +40,8 @@ class CTRModelConfig(Section):
         dropout: dropout in MLPs; default 0.0.
         init_std: std of the normal init of embeddings; default 1e-4 (FuxiCTR / torch-rechub default).
         user_id_field: give the model a user-id embedding field. Default ``None``: the caller decides from the
-            split (:func:`reasonrec.rec.pipeline.run_ctr`: off on ``collm``, on elsewhere); a model built with
-            ``None`` has the field. Why off on a time split: ~86% of ML-100K ``collm`` test samples belong to
+            split (:func:`reasonrec.rec.pipeline.run_ctr`: off on ``collm``, ``tallrec`` and ``starec``, on for
+            ``kar``); a model built with ``None`` has the field. Why off on a time split: ~86% of ML-100K ``collm`` test samples belong to
             users with no training row, whose id rows stay at their near-zero init; with the field the model
             learns each training user's bias from the id instead of from the history (which every user has)
             and mispredicts the cold majority (``run_ctr`` drops the demographic fields there too, for the same
@@ -53,9 +54,9 @@ class CTRModelConfig(Section):
     DIN / DIEN / GRU4Rec:
         attention_hidden: DIN activation-unit MLP; default (80, 40) (DIN paper, Fig. 2).
         seq_activation: activation of DIN/DIEN MLPs (attention unit and final MLP); default ``relu``.
-            DEVIATION: the DIN paper uses Dice (Sec. 4.3), whose BatchNorm normalises with the statistics of
-            the training batches; on ML-100K ``collm`` (test users mostly unseen in training) Dice cost DIN
-            0.005 test AUC (seed 0, no user-id field, softmax attention: 0.7465 with Dice, 0.7522 with ReLU;
+            DEVIATION: the DIN paper uses Dice (Sec. 4.3); on ML-100K ``collm`` (test users mostly unseen in
+            training; a likely cause is Dice's BatchNorm, whose running statistics come from training batches)
+            Dice cost DIN 0.005 test AUC (seed 0, no user-id field, softmax attention: 0.7465 with Dice, 0.7522 with ReLU;
             issue 15). ``dice`` is still available.
         attention_softmax: normalise DIN's attention weights over the history with a softmax, so the pooled
             interest is a weighted *mean* of the history items. Default True. DEVIATION: the DIN paper keeps
@@ -132,7 +133,8 @@ class CTRBase(nn.Module):
     @property
     def n_fields(self) -> int:
         """F: (user), item, cats, demographics, (history), knowledge fields."""
-        return 2 + int(self.use_user_id) + len(self.fmap.user_fields) + int(self.history_field) + len(self.fmap.knowledge)
+        return (2 + int(self.use_user_id) + len(self.fmap.user_fields) + int(self.history_field)
+                + len(self.fmap.knowledge))
 
     @property
     def item_dim(self) -> int:
