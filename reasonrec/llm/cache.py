@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import BackendError
 from .base import AdapterArg, Generation, Prompt, SequenceLogprob, as_messages, per_prompt_adapters
+from .constraints import ConstraintArg, constraint_key, per_prompt_constraints
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -180,21 +181,29 @@ class CachedLLM:
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
-                 adapter: AdapterArg = None) -> list[Generation]:
+                 adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]:
         adapters = per_prompt_adapters(adapter, len(prompts))
+        constraints = per_prompt_constraints(constraint, len(prompts))
+        check = getattr(self.inner, "check_constraints", None)
+        if check is not None and any(c is not None for c in constraints):
+            check(constraints)  # refuse before answering anything from the cache
         params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                   "stop": list(stop or []), "seed": seed, "n": n}
         keys = []
-        for p, a in zip(prompts, adapters, strict=True):
+        for p, a, c in zip(prompts, adapters, constraints, strict=True):
             base = {"kind": "generate", "model": self.model_id, "adapter": self._adapter_key(a),
                     "prompt": self._prompt_key(p), "params": params}
+            if c is not None:  # only constrained calls carry the field, so existing caches keep their keys
+                base["constraint"] = constraint_key(c)
             keys.append([make_key(**base, sample=s) for s in range(n)])
 
         def values_of(g: Generation) -> list[Any]:
             return [[t, g.prompt_tokens, c] for t, c in zip(g.texts, g.completion_tokens, strict=True)]
 
         def compute(idx: list[int], on_values) -> list[list[Any]]:
-            extra = {}
+            extra: dict[str, Any] = {}
+            if any(constraints[i] for i in idx):
+                extra["constraint"] = [constraints[i] for i in idx]
             if "row_callback" in self.supports:  # the backend reports each row as it finishes
                 extra["on_row"] = lambda j, g: on_values(j, values_of(g))
             gens = self.inner.generate([prompts[i] for i in idx], n=n, temperature=temperature, top_p=top_p,

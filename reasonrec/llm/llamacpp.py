@@ -70,6 +70,7 @@ from ..errors import BackendError
 from . import bundled, cpu
 from .base import (
     AdapterArg,
+    ConstraintArg,
     Generation,
     Prompt,
     SequenceLogprob,
@@ -82,6 +83,7 @@ from .base import (
     split_response_prefix,
     truncate_at_stop,
 )
+from .constraints import LOCAL_KINDS, check_supported, per_prompt_constraints
 
 
 class LlamaCppOptions(Section):
@@ -238,7 +240,7 @@ def resolve_gguf(name: str) -> Path:
 class LlamaCppLLM:
     """An :class:`~reasonrec.llm.base.LLM` on llama-cpp-python."""
 
-    supports = frozenset({"generate", "choice_probs", "sequence_logprob"})
+    supports = frozenset({"generate", "choice_probs", "sequence_logprob", *LOCAL_KINDS})
 
     def __init__(self, name: str, options: LlamaCppOptions | None = None):
         try:
@@ -260,6 +262,7 @@ class LlamaCppLLM:
         self._scorer = None
         self._batch_ctx = None  # (LlamaContext, n_seq, cells per sequence), opened by generate, grown on demand
         self._scored_prompt: tuple[int, ...] = ()  # prompt whose KV the scoring context holds
+        self._grammars = None  # GrammarSession over the GGUF vocabulary, built on the first constrained call
         # Close the contexts before interpreter teardown; llama-cpp-python's __del__ fails noisily after it.
         weakref.finalize(self, _close_all, self._contexts)
         meta = self._gen.metadata
@@ -309,22 +312,53 @@ class LlamaCppLLM:
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
-                 adapter: AdapterArg = None) -> list[Generation]:
+                 adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]:
         check_generate_args(n, temperature, top_p, max_new_tokens)
         self._check_adapter(adapter, len(prompts))
+        constraints = per_prompt_constraints(constraint, len(prompts))
+        self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
         if not encoded:
             return []
-        if self.options.parallel == 1:
+        constrained = any(c is not None for c in constraints)
+        if self.options.parallel == 1 and not constrained:  # constrained rows always take the batched loop
             return self._generate_sequential(encoded, n, temperature, top_p, max_new_tokens, stop, seed)
         rows = [_Row(p, s, ids, min(max_new_tokens, self.options.n_ctx - len(ids)))
                 for p, ids in enumerate(encoded) for s in range(n)]
+        if constrained:
+            session = self.grammar_session()
+            prefixes = [split_response_prefix(as_messages(p, self.options.system_prompt))[1] for p in prompts]
+            for r in rows:
+                if constraints[r.prompt] is not None:
+                    r.matcher = session.matcher(constraints[r.prompt], prefixes[r.prompt], r.max_new)
         self._decode_rows(rows, temperature, top_p, list(s for s in stop or [] if s), seed)
         out = [Generation(texts=[""] * n, prompt_tokens=len(ids), completion_tokens=[0] * n) for ids in encoded]
         for r in rows:
             out[r.prompt].texts[r.sample] = r.text
             out[r.prompt].completion_tokens[r.sample] = len(r.tokens)
         return out
+
+    def check_constraints(self, constraints) -> None:
+        check_supported("llama.cpp", self.supports, constraints)
+
+    def grammar_session(self):
+        """The compiled-grammar cache over this GGUF's vocabulary: every token's bytes as llama.cpp detokenizes
+        it (control tokens are empty, so a grammar never allows them; end-of-generation tokens stop a row)."""
+        if self._grammars is None:
+            import llama_cpp
+
+            from .constraints import GrammarSession
+
+            vocab = self._gen._model.vocab
+            n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+            buf = ctypes.create_string_buffer(256)
+            pieces = []
+            for i in range(n_vocab):
+                k = llama_cpp.llama_token_to_piece(vocab, i, buf, len(buf), 0, False)
+                pieces.append(buf.raw[:k] if k > 0 else b"")
+            stops = [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)]
+            self._grammars = GrammarSession.from_token_bytes(pieces, stops)
+        return self._grammars
 
     def _generate_sequential(self, encoded: list[list[int]], n: int, temperature: float, top_p: float,
                              max_new_tokens: int, stop: Sequence[str] | None, seed: int) -> list[Generation]:
@@ -397,6 +431,7 @@ class LlamaCppLLM:
         ctx = self._batch_context(n_seq, max(len(r.ids) + r.max_new for r in rows))
         n_batch = llama_cpp.llama_n_batch(ctx.ctx)
         vocab = self._gen._model.vocab
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         waiting = list(reversed(rows))
         free = list(range(n_seq))  # a min-heap: rows take the lowest free sequence id
@@ -460,7 +495,15 @@ class LlamaCppLLM:
                             outputs.append((row, idx))
                 self._decode(ctx, batch, len(running))
                 for row, idx in outputs:
+                    if row.matcher is not None:
+                        # The grammar's mask goes on the row's logits in place, before llama.cpp's sampler chain
+                        # reads them, so temperature and top-p act on the allowed tokens only.
+                        row.matcher.mask(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx),
+                                                               shape=(n_vocab,)))
                     tok = row.sampler.sample(ctx, idx)
+                    if row.matcher is not None and not row.matcher.accept(tok):
+                        raise BackendError(f"llama.cpp sampled token {tok}, which the constraint forbids; the "
+                                           "sampler chain must not change the masked logits")
                     if llama_cpp.llama_vocab_is_eog(vocab, tok):
                         row.done = True
                         continue
@@ -561,6 +604,7 @@ class _Row:
     text: str = ""
     done: bool = False
     sampler: object = None
+    matcher: object = None  # RowMatcher of the row's constraint, or None
 
 
 def _add(batch, token: int, pos: int, seq: int, logits: bool) -> int:

@@ -83,6 +83,12 @@ class GenerationSection(Section):
         filter_temperature: sampling temperature of those samples.
         prime: start every answer with its opening tag (``<User Preference>``, ``<Final Judgement>`` ...):
             response priming, which small models need to answer in the tagged format at all. Local backends only.
+        constrain: constrain decoding to each step's answer format (``reasonrec.llm.specs``: tags, verdict phrases,
+            bounded free text), so every answer parses. ``None`` (default) = wherever the backend enforces regex
+            constraints (transformers, llama.cpp, vLLM; an HTTP server only with ``options.structured: vllm``);
+            ``true`` on a backend that cannot is an error; ``false`` = parse-and-retry only. The run records which
+            (``constrained`` in the branch counts). vLLM refuses ``prime`` together with a constraint (it constrains
+            the continuation only); the constraint already writes the opening tags.
     """
 
     max_new_tokens: int = Field(200, ge=8)
@@ -91,6 +97,11 @@ class GenerationSection(Section):
     filter_k: int = Field(3, ge=1)
     filter_temperature: float = Field(0.8, gt=0)
     prime: bool = False
+    constrain: bool | None = None
+
+
+def _constrain(g: GenerationSection, llm) -> bool:
+    return g.constrain if g.constrain is not None else "constraint:regex" in llm.supports
 
 
 class ActorTrainSection(Section):
@@ -216,7 +227,7 @@ def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
     teacher = load_llm(cfg.teacher.name, backend=cfg.teacher.backend,
                        cache=cfg.teacher.cache or run.root / "llm_cache.sqlite", **cfg.teacher.options)
     gen = steps.GenArgs(cfg.generation.max_new_tokens, 0.0, cfg.generation.max_attempts, cfg.data.seed,
-                         cfg.generation.prime)
+                         cfg.generation.prime, constrain=_constrain(cfg.generation, teacher), domain=ctx.domain)
     branches, files = {}, []
     for side in ("user", "item"):
         built = steps.construct(teacher, side, ctx.domain, ctx.cases(side, cfg.subset.construct_fraction), gen)
@@ -224,7 +235,7 @@ def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
             io.write_parquet(st.path / f"{side}_{name}.parquet", pd.DataFrame(
                 getattr(built, name), columns=["key", "system", "prompt", "completion"]))
             files.append(f"{side}_{name}.parquet")
-        branches[side] = {**dict(built.branches), **built.parse.as_dict()}
+        branches[side] = {**dict(built.branches), **built.parse.as_dict(), "constrained": int(gen.constrain)}
     st.complete(files, branches=branches)
     return branches
 
@@ -298,7 +309,7 @@ def infer_side(llm, side: str, domain: str, entities: list, adapters: dict[str, 
              "filter_samples": filt.samples, "filter_keep": filt.keep}
     n = max(len(entities), 1)
     stats = {
-        "entities": len(entities), "refined": ref.refined,
+        "entities": len(entities), "refined": ref.refined, "constrained": int(gen.constrain),
         "adapters": {"kar": None, "r2ec": name("r2ec"), "actor": actor, "reflector": reflector},
         # shares of all entities; judged unparsed (after retries) are reported apart, never as reasonable
         "unreasonable_before": ref.judged_unreasonable_first / n,
@@ -333,7 +344,8 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
         for name, path in trained.items():
             llm.load_adapter(name, path)
     g = cfg.generation
-    gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed, g.prime)
+    gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed, g.prime, constrain=_constrain(g, llm),
+                        domain=ctx.domain)
     stats, files = {}, []
     for side in ("user", "item"):
         ids, entities = ctx.entities(side)

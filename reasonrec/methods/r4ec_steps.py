@@ -46,6 +46,8 @@ class GenArgs:
     max_attempts: int = 2
     seed: int = 0
     prime: bool = False
+    constrain: bool = False  # constrain decoding to each step's answer format (reasonrec.llm.specs)
+    domain: str = "movie"
 
     def kwargs(self) -> dict[str, Any]:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
@@ -64,9 +66,15 @@ OPENING_TAG = {"reason": REASON_TAG, "refine": REFINE_TAG,
                "reflect": {"user": "Final Judgement", "item": "Final Judgement"}}
 
 
-def _ask(llm, side: Side, step: str, prompts: list, parser, gen: GenArgs, **kwargs: Any):
+def _ask(llm, side: Side, step: str, prompts: list, parser, gen: GenArgs, with_target: bool = False, **kwargs: Any):
     """``generate_parsed`` for one step; with ``gen.prime`` every answer starts with the step's opening tag
-    (response priming), which small models need to write in the format at all."""
+    (response priming), which small models need to write in the format at all; with ``gen.constrain`` decoding
+    follows the step's answer format (the constraint covers the whole answer, so a primed tag is part of it)."""
+    if gen.constrain:
+        from ..llm.specs import task_spec
+
+        kwargs["constraint"] = task_spec(f"r4ec_{side}_{step}", gen.domain, with_target=with_target,
+                                         max_new_tokens=kwargs.get("max_new_tokens", gen.max_new_tokens)).constraint
     if not gen.prime:
         return generate_parsed(llm, prompts, parser, **{**gen.kwargs(), **kwargs})
     tag = f"<{OPENING_TAG[step][side]}>"
@@ -117,13 +125,13 @@ def construct(teacher, side: Side, domain: str, cases: Sequence[dict[str, Any]],
     out = Constructed()
     kf = KNOWLEDGE_FIELD[side]
     reason_prompts = [prompt(side, "reason", domain, c["fields"], with_target=True) for c in cases]
-    reasoned = _ask(teacher, side, "reason", reason_prompts, parse_reasoned, gen, stats=out.parse)
+    reasoned = _ask(teacher, side, "reason", reason_prompts, parse_reasoned, gen, True, stats=out.parse)
 
     alive = [i for i, r in enumerate(reasoned) if r.ok]
     out.branches["reason_unparsed"] += len(cases) - len(alive)
     reflect_prompts = [prompt(side, "reflect", domain, cases[i]["fields"], with_target=True,
                               **{kf: reasoned[i].value.knowledge}) for i in alive]
-    judged = _ask(teacher, side, "reflect", reflect_prompts, parse_judgement, gen, stats=out.parse)
+    judged = _ask(teacher, side, "reflect", reflect_prompts, parse_judgement, gen, True, stats=out.parse)
 
     to_refine = []
     for i, j in zip(alive, judged, strict=True):
@@ -146,7 +154,7 @@ def construct(teacher, side: Side, domain: str, cases: Sequence[dict[str, Any]],
 
     refine_prompts = [prompt(side, "refine", domain, cases[i]["fields"], with_target=True,
                              **{kf: reasoned[i].value.knowledge}, reflection=refl) for i, refl, _ in to_refine]
-    refined = _ask(teacher, side, "refine", refine_prompts, parse_reasoned, gen, stats=out.parse)
+    refined = _ask(teacher, side, "refine", refine_prompts, parse_reasoned, gen, True, stats=out.parse)
     for (i, refl, critic_in), rr in zip(to_refine, refined, strict=True):
         case = cases[i]
         if not rr.ok:
