@@ -8,6 +8,7 @@ inference markers removed must answer every LLM call from the cache. The teacher
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import sqlite3
@@ -141,6 +142,14 @@ def test_r4ec_killed_resumed_and_cached(tmp_path, ml100k_dir, tiny_model_path, h
     assert (run / "results.md").read_text().count("| din |") == len(VARIANTS)
     manifest = json.loads((run / "manifest.json").read_text())
     assert "u.data" in " ".join(manifest["data_checksums"])
+    # the report shows Algorithm 1's branches and every user's knowledge next to its test labels and scores
+    from reasonrec.eval.report import write_report
+
+    page = write_report([run]).read_text()
+    assert 'data-plot="branches"' in page and 'data-plot="variants-auc"' in page
+    user_texts = pd.read_parquet(run / "infer" / "user.parquet")
+    assert "user knowledge" in page and "score r4ec_filter" in page
+    assert html.escape(user_texts["r4ec_refine"].iloc[0][:40]) in page
 
     # A stage whose marker is gone runs again, and every LLM call comes from the cache.
     (run / "infer" / "_SUCCESS.json").unlink()

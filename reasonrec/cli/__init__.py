@@ -16,6 +16,9 @@ from ..errors import ReasonRecError
 from .data import app as data_app
 from .llm import app as llm_app
 from .rec import app as rec_app
+from .report import compare as compare_command
+from .report import report as report_command
+from .report import serve as serve_command
 from .results import results as results_command
 from .train import app as train_app
 
@@ -31,6 +34,9 @@ app.add_typer(llm_app, name="llm", help="Generate text and score answers with an
 app.add_typer(rec_app, name="rec", help="Train and evaluate CTR backbones and classic recommenders.")
 app.add_typer(train_app, name="train", help="LLM trainers: LoRA SFT, softmax-DPO, GRPO, Yes/No, experts.")
 app.command(name="results")(results_command)
+app.command(name="report")(report_command)
+app.command(name="compare")(compare_command)
+app.command(name="serve")(serve_command)
 
 
 @app.command()
@@ -59,6 +65,13 @@ def run(
     if table.exists():
         typer.echo(table.read_text())
     typer.echo(f"results: {root / 'results.json'}")
+    from ..eval.report import write_report
+    from ..eval.results import ResultsError
+
+    try:  # the report's path is the run's last line: what to open next
+        typer.echo(f"report: {write_report([root])}")
+    except ResultsError as err:  # e.g. a method that does not write the results schema yet
+        typer.secho(f"warning: no report written: {err}", fg=typer.colors.YELLOW, err=True)
 
 
 @app.command()

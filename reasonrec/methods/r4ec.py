@@ -458,7 +458,12 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     details = {"data": data, "branches": branches, "inference": infer_stats,
                "encode": run_dir.stage("encode").info().get("counts", {}),
                "connectors": {"base": None, **cfg.rec.connectors},
-               "knowledge_window": cfg.subset.knowledge_window}
+               "knowledge_window": cfg.subset.knowledge_window,
+               # the report's text tables (reasonrec.eval.report): each variant's knowledge per user / item
+               "report_texts": [{"path": f"infer/{side}.parquet", "id_column": "entity_id",
+                                 "user_column": "entity_id" if side == "user" else None,
+                                 "columns": ["kar", "r2ec", "r4ec_refine"], "caption": f"{side} knowledge"}
+                                for side in ("user", "item")]}
     res = write_results(cfg, run_dir, ctx, details)
     return {**details, "stage_seconds": _stage_seconds(run_dir), "rec": results, "results": res}
 
