@@ -28,7 +28,7 @@ from .hub import download_hint, hub_snapshot, looks_like_hub_id
 TRANSFORMERS_ALIASES = ("smollm2-135m", "tiny-random")
 LLAMACPP_ALIASES = ("smollm2-135m",)
 # A model that is both trained (train/common.py) and served (llm/hf.py, vllm) must be a name both know.
-TRAINABLE_ALIASES = ("smollm2-135m",)
+TRAINABLE_ALIASES = ("smollm2-135m", "tiny-random")
 _EXTRA = {"llamacpp": ("llama_cpp", "pip install 'reasonrec[llamacpp]'"),
           "vllm": ("vllm", "pip install 'reasonrec[vllm]' (on a CUDA machine)")}
 
