@@ -24,6 +24,7 @@ from .common import (
     is_complete,
     load_peft_model,
     load_tokenizer,
+    precision_plan,
     read_table,
     run_training,
     skipped_result,
@@ -146,7 +147,7 @@ def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model.name)
     tokenizer.padding_side = "left"  # generation pads on the left
-    model = load_peft_model(cfg.model)
+    model = load_peft_model(cfg.model, dtype=precision_plan(cfg.training, "train:grpo").weights_dtype)
     kw = training_kwargs(cfg.training)
     args = TrlGRPOConfig(
         **kw, num_generations=cfg.num_generations, beta=cfg.beta, max_completion_length=cfg.max_completion_length,
