@@ -152,3 +152,31 @@ def test_lean_logps_are_zero_outside_the_scored_tokens(tiny_model_path):
     full = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
     torch.testing.assert_close(logps[0, 2:4], full[[2, 3], [4, 5]], rtol=1e-5, atol=1e-5)
     assert logps[0, [0, 1, 4]].abs().sum() == 0
+
+
+def test_lean_grpo_logps_and_entropies_equal_trls(tiny_model_path, tmp_path):
+    from trl import GRPOTrainer
+
+    from reasonrec.train.config import GRPOConfig
+    from reasonrec.train.grpo import build_grpo_trainer
+
+    cfg = GRPOConfig.model_validate({
+        "model": {"name": str(tiny_model_path), "lora": {"targets": "all-linear", "dropout": 0.0}},
+        "data": {"train": "unused.jsonl"}, "reward": "yes", "num_generations": 2, "temperature": 0.7,
+        "training": {"output_dir": str(tmp_path), "max_steps": 1, "precision": "fp32",
+                     "per_device_train_batch_size": 2}})
+    trainer, _ = build_grpo_trainer(cfg, pd.DataFrame({"prompt": ["Say yes.", "Say no, please."]}))
+    assert type(trainer).__name__ == "LeanGRPOTrainer"
+    _randomise_lora(trainer.model)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0   # a left-padded prompt
+    mask[1, -2:] = 0  # a completion that ended early
+    got = trainer._get_per_token_logps_and_entropies(trainer.model, ids, mask, 5, batch_size=2,
+                                                     compute_entropy=True)
+    want = GRPOTrainer._get_per_token_logps_and_entropies(trainer, trainer.model, ids, mask, 5, batch_size=2,
+                                                          compute_entropy=True)
+    keep = mask[:, -5:].bool()
+    torch.testing.assert_close(got[0][keep], want[0][keep], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1][keep], want[1][keep], rtol=1e-5, atol=1e-5)

@@ -40,6 +40,31 @@ def _logp_chunk(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return logps, logits.argmax(-1) == targets
 
 
+def _logp_entropy_chunk(hidden, weight, bias, targets, temperature: float):
+    logits = F.linear(hidden, weight, bias).float() / temperature  # (n, V)
+    logp_all = torch.log_softmax(logits, -1)
+    return logp_all.gather(-1, targets[:, None])[:, 0], -(logp_all.exp() * logp_all).sum(-1)
+
+
+def selected_logps_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
+                           temperature: float = 1.0, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`selected_logps` on ``head(hidden) / temperature``, with the entropy of each row's distribution
+    instead of top-1 hits (what trl's GRPO reads): (log-probs (N,), entropies (N,))."""
+    logps, ents = [], []
+    for s in range(0, hidden.shape[0], chunk):
+        h, t = hidden[s:s + chunk], targets[s:s + chunk]
+        if torch.is_grad_enabled() and h.requires_grad:
+            lp, ent = checkpoint(_logp_entropy_chunk, h, head.weight, head.bias, t, temperature, use_reentrant=False)
+        else:
+            lp, ent = _logp_entropy_chunk(h, head.weight, head.bias, t, temperature)
+        logps.append(lp)
+        ents.append(ent)
+    if not logps:
+        empty = hidden.new_zeros((0,), dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logps), torch.cat(ents)
+
+
 def selected_logps(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
                    chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(target) under ``head(hidden)`` per row, and whether the target is the argmax.
@@ -90,6 +115,21 @@ def lean_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     full = torch.zeros(keep.shape, dtype=logps.dtype, device=logps.device).masked_scatter(keep, logps)
     full_hits = torch.zeros(keep.shape, dtype=torch.bool, device=keep.device).masked_scatter(keep, hits)
     return full, keep, full_hits
+
+
+def lean_completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
+                          temperature: float = 1.0, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """trl GRPO's per-token log-probs and entropies of the last ``logits_to_keep`` tokens (the completions),
+    the head run on those positions only: ((B, K), (B, K)), zero where ``attention_mask`` is 0."""
+    lm = _causal_lm(model)
+    out = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    k = logits_to_keep
+    hidden = out.last_hidden_state[:, -k - 1:-1]                    # (B, K, H) predicts the last K tokens
+    targets = input_ids[:, -k:]                                     # (B, K)
+    keep = attention_mask[:, -k:].bool()
+    logps, ents = selected_logps_entropy(hidden[keep], lm.get_output_embeddings(), targets[keep], temperature, chunk)
+    zeros = torch.zeros(keep.shape, dtype=logps.dtype, device=logps.device)
+    return zeros.masked_scatter(keep, logps), zeros.masked_scatter(keep, ents)
 
 
 def lean_lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
