@@ -188,6 +188,8 @@ def training_kwargs(t: TrainingSection) -> dict[str, Any]:
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         report_to="none", dataloader_num_workers=0, disable_tqdm=False, logging_first_step=True,
         bf16=plan.bf16, fp16=plan.fp16,
+        # transformers refuses bf16 autocast on a CPU-only machine unless told the CPU is meant
+        use_cpu=plan.choice.device == "cpu",
     )
 
 

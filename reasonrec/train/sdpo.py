@@ -4,8 +4,9 @@ trl has no multi-negative DPO, so this is a small ``transformers.Trainer`` that 
 
 - tokenisation splits prompt / completion as trl's DPO trainer does (:func:`~reasonrec.train.common.encode_pair`);
 - the chosen and all rejected completions of a batch share one forward pass, and sequence log-probs come from
-  trl's fused LM head (``add_fused_lm_head``: per-token log-probs without materialising (N, T, V) logits, the
-  same kernel trl's DPO trainer uses), masked to the completion and summed;
+  the LM head on the completion positions only (:func:`~reasonrec.train.lean.lean_token_logps`; with
+  ``training.lean_logits: false``, trl's fused LM head ``add_fused_lm_head``, which off CUDA / XPU scores every
+  prompt position too), masked to the completion and summed;
 - the reference is the same model with the adapter disabled (or the frozen ``ref`` copy of ``init_adapter``),
   under ``no_grad`` — trl's ``use_adapter``;
 - the loss is :func:`reasonrec.train.losses.sdpo_loss`, which with K = 1 equals trl's DPO sigmoid loss.

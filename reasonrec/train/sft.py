@@ -56,7 +56,9 @@ def _lean_sft_trainer_class():
             mode = "train" if model.training else "eval"
             n = stats["n_tokens"].clamp(min=1)
             self._metrics[mode]["mean_token_accuracy"].append((stats["n_correct"] / n).item())
-            self._metrics[mode]["num_tokens"] = [self.state.num_input_tokens_seen]
+            if mode == "train" and inputs.get("attention_mask") is not None:  # as trl counts them
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return (loss, {"loss": loss}) if return_outputs else loss
 
     return LeanSFTTrainer
