@@ -1,33 +1,51 @@
-"""Generation throughput on the bundled SmolLM2-135M: naive HF vs our backends vs a cached rerun.
+"""Generation throughput on the bundled SmolLM2-135M: naive HF vs the old and new transformers paths vs llama.cpp.
 
-Same prompts, same model, one run: 32 ML-100K user-preference prompts (TrackRec's CoT prompt, Fig. 4, from
-each user's first rated movies), greedy, up to 128 new tokens.
+Same prompts, same model, one run: ML-100K user-preference prompts (TrackRec's CoT prompt, Fig. 4, from each
+user's first rated movies), greedy, up to 128 new tokens (issue 14: 128 prompts, 2 threads).
 
-    naive HF       transformers ``model.generate`` one prompt at a time (batch 1), what a first script does
-    transformers   this project's transformers backend (length-sorted left-padded batches)
-    llama.cpp      this project's llama.cpp backend, --parallel sequences decoded together: on the bundled Q4_1
-                   file as shipped, and on its default BF16 conversion (``requantize: auto``)
-    cached rerun   the transformers run again through the SQLite generation cache (all hits)
+    naive HF fp32        transformers ``model.generate`` one prompt at a time (batch 1), fp32: what a first script does
+    naive HF bf16        the same in bf16: the batch-1 reference the batched bf16 texts must equal
+    transformers old     this project's transformers backend as it was: fp32, length-sorted left-padded batches
+    transformers new     the same backend with ``dtype: auto`` (bf16 on AMX / AVX512-BF16 CPUs) and ``--batch-size``
+    llama.cpp BF16       this project's llama.cpp backend on the BF16 conversion, ``--parallel`` sequences together
 
-Targets (issue 4): ≥ 5× naive HF tokens/s (llama.cpp or batched transformers backend); cached rerun ≤ 1 % of the first run's time.
+Before the runs it prints the CPU's bf16 features and measures the machine's GEMM roofline (``torch.matmul`` of
+2048 × 2048 matrices in fp32 and bf16 at ``--threads``); each run reports tokens/s, the ratio to naive HF fp32,
+and the share of the bf16 roofline it achieves, counting 2 × parameters FLOPs per processed token (prompt and
+generated; attention ignored, so it is a lower bound on work done). Texts are compared with naive fp32 (bf16 vs
+fp32 near-tie flips) and with naive bf16 (batched vs batch-1 in the same dtype).
 
-    python benchmarks/generation.py --data-dir /path/to/ml-100k [--n-prompts 32 --max-new-tokens 128 --threads 1]
+    python benchmarks/generation.py --data-dir /path/to/ml-100k [--n-prompts 128 --threads 2 --batch-size 64]
 
 ``--threads`` pins torch and llama.cpp to the same number of CPU threads; on a shared machine more threads than
-free cores makes both spin-wait (see reasonrec/llm/llamacpp.py), so the default is 1.
+free cores makes both spin-wait (see reasonrec/llm/llamacpp.py). The load average is printed before and after:
+on a loaded machine every figure is an upper bound on the time (lower bound on the speed).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-LLAMACPP = {"none": "reasonrec llama.cpp (Q4_1 as shipped)", "auto": "reasonrec llama.cpp (BF16, default)"}
+
+def gemm_gflops(dtype_name: str, threads: int, n: int = 2048, reps: int = 6) -> float:
+    """Measured ``torch.matmul`` GFLOP/s of two n × n matrices (best of ``reps`` after a warm-up)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
 
 
 def ml100k_prompts(data_dir: Path, n_prompts: int, history: int) -> list[list[dict[str, str]]]:
@@ -48,13 +66,14 @@ def ml100k_prompts(data_dir: Path, n_prompts: int, history: int) -> list[list[di
     return prompts
 
 
-def naive_hf(model_dir: Path, prompts, max_new_tokens: int) -> tuple[float, int, list[str]]:
+def naive_hf(model_dir: Path, prompts, max_new_tokens: int, dtype: str = "float32"):
+    """→ (seconds, new tokens, prompt tokens, texts)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    texts, tokens = [], 0
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
+    texts, tokens, prompt_tokens = [], 0, 0
     start = time.perf_counter()
     for p in prompts:
         ids = tok.apply_chat_template(p, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -63,27 +82,31 @@ def naive_hf(model_dir: Path, prompts, max_new_tokens: int) -> tuple[float, int,
                                  top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
         new = out[0, ids["input_ids"].shape[1]:]
         tokens += len(new)
+        prompt_tokens += ids["input_ids"].shape[1]
         texts.append(tok.decode(new, skip_special_tokens=True))
-    return time.perf_counter() - start, tokens, texts
+    return time.perf_counter() - start, tokens, prompt_tokens, texts
 
 
-def timed(llm, prompts, max_new_tokens: int) -> tuple[float, int, list[str]]:
+def timed(llm, prompts, max_new_tokens: int):
+    """→ (seconds, new tokens, prompt tokens, texts) of one ``generate`` call."""
     start = time.perf_counter()
     gens = llm.generate(prompts, max_new_tokens=max_new_tokens)
-    return time.perf_counter() - start, sum(g.completion_tokens[0] for g in gens), [g.text for g in gens]
+    return (time.perf_counter() - start, sum(g.completion_tokens[0] for g in gens),
+            sum(g.prompt_tokens for g in gens), [g.text for g in gens])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, default=os.environ.get("REASONREC_DATA_DIR"),
                     help="ML-100K folder (u.data, u.item); default $REASONREC_DATA_DIR")
-    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--n-prompts", type=int, default=128, help="fewer for a quick iteration on a shared machine")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--history", type=int, default=15, help="longest history in a prompt")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--old-batch-size", type=int, default=32, help="batch of the old fp32 transformers run")
+    ap.add_argument("--batch-size", type=int, default=64, help="batch of the new transformers run")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=16, help="sequences the llama.cpp backend decodes together")
-    ap.add_argument("--skip", default="", help="comma-separated: naive,llamacpp")
+    ap.add_argument("--skip", default="", help="comma-separated: naive,naive-bf16,old,llamacpp")
     args = ap.parse_args()
     if args.data_dir is None or not (Path(args.data_dir) / "u.data").exists():
         raise SystemExit("pass --data-dir pointing at the MovieLens-100K folder (u.data, u.item)")
@@ -91,60 +114,64 @@ def main() -> None:
 
     from reasonrec.llm.base import load_llm
     from reasonrec.llm.bundled import smollm2_hf_dir
-    from reasonrec.llm.cache import CachedLLM
+    from reasonrec.llm.device import cpu_features, resolve_dtype
 
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
+    feats = cpu_features()
+    print(f"load average before: {os.getloadavg()}; cpu count {os.cpu_count()}")
+    print(f"CPU: amx={feats['amx']} avx512_bf16={feats['avx512_bf16']} torch capability={feats['capability']}; "
+          f"flags: {' '.join(feats['flags'])}")
+    auto = resolve_dtype("auto", "cpu", where="benchmark")
+    gflops = {d: gemm_gflops(d, args.threads) for d in ("float32", "bfloat16")}
+    print(f"GEMM 2048² at {args.threads} threads: fp32 {gflops['float32']:.0f} GFLOP/s, bf16 "
+          f"{gflops['bfloat16']:.0f} GFLOP/s; dtype auto → {auto.dtype} ({auto.reason})")
     prompts = ml100k_prompts(Path(args.data_dir), args.n_prompts, args.history)
     print(f"{len(prompts)} ML-100K TrackRec CoT prompts, greedy, max_new_tokens={args.max_new_tokens}, "
           f"threads={args.threads}, SmolLM2-135M-Instruct")
-    rows = {}
+    rows: dict[str, tuple] = {}
+    naive32, naive16 = "naive HF fp32 (batch 1)", "naive HF bf16 (batch 1)"
     if "naive" not in skip:
-        rows["naive HF (batch 1)"] = naive_hf(smollm2_hf_dir(), prompts, args.max_new_tokens)
-    hf = load_llm("smollm2-135m", batch_size=args.batch_size, threads=args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        cached = CachedLLM(hf, Path(tmp) / "gen.sqlite", progress=False)
-        rows[f"reasonrec transformers (batch {args.batch_size})"] = timed(cached, prompts, args.max_new_tokens)
-        rows["reasonrec cached rerun"] = timed(cached, prompts, args.max_new_tokens)
-    # The compute-bound floor shared by every run: reading the prompts (prefill) with one generated token.
-    prefill_secs = timed(hf, prompts, 1)[0]
+        rows[naive32] = naive_hf(smollm2_hf_dir(), prompts, args.max_new_tokens, "float32")
+    if "naive-bf16" not in skip:
+        rows[naive16] = naive_hf(smollm2_hf_dir(), prompts, args.max_new_tokens, "bfloat16")
+    if "old" not in skip:
+        old = load_llm("smollm2-135m", batch_size=args.old_batch_size, threads=args.threads, dtype="float32")
+        rows[f"transformers old (fp32, batch {args.old_batch_size})"] = timed(old, prompts, args.max_new_tokens)
+        del old
+    new = load_llm("smollm2-135m", batch_size=args.batch_size, threads=args.threads, dtype="auto")
+    n_params = sum(p.numel() for p in new.model.parameters())  # tied head: the embedding is the LM head's weight
+    rows[f"transformers new ({auto.dtype}, batch {args.batch_size})"] = timed(new, prompts, args.max_new_tokens)
+    del new
     if "llamacpp" not in skip:
         from reasonrec.llm.llamacpp import gguf_available
 
         if gguf_available():
-            for kind, name in LLAMACPP.items():
-                ll = load_llm("smollm2-135m", backend="llamacpp", n_threads=args.threads, n_ctx=2048,
-                              parallel=args.parallel, requantize=kind)
-                rows[name] = timed(ll, prompts, args.max_new_tokens)
-                del ll
+            ll = load_llm("smollm2-135m", backend="llamacpp", n_threads=args.threads, n_ctx=2048,
+                          parallel=args.parallel, requantize="auto")
+            rows[f"llama.cpp BF16 (parallel {args.parallel})"] = timed(ll, prompts, args.max_new_tokens)
+            del ll
         else:
             print("llama.cpp: skipped (llama-cpp-python not installed)")
 
-    base_name = "naive HF (batch 1)" if "naive HF (batch 1)" in rows else next(iter(rows))
+    base_name = naive32 if naive32 in rows else next(iter(rows))
     base_tps = rows[base_name][1] / rows[base_name][0]
-    first = rows[f"reasonrec transformers (batch {args.batch_size})"]
-    base_secs, base_texts = rows[base_name][0], rows[base_name][2]
-    # Different weight types stop at different lengths, so the wall-time ratio for the same 32 prompts is printed
-    # beside the tokens/s ratio, with how many greedy texts equal the naive fp32 ones.
-    print(f"\n{'run':40s} {'seconds':>9s} {'tokens':>7s} {'tok/s':>9s} {'tok/s ratio':>12s} {'time ratio':>11s} "
-          f"{'same text':>10s}")
-    for name, (secs, toks, texts) in rows.items():
+    print(f"\n{'run':40s} {'seconds':>8s} {'new tok':>8s} {'tok/s':>8s} {'× naive':>8s} {'% bf16 roof':>11s} "
+          f"{'= fp32 b1':>9s} {'= bf16 b1':>9s}")
+    for name, (secs, toks, ptoks, texts) in rows.items():
         tps = toks / secs if secs > 0 else float("inf")
-        same = sum(a.strip() == b.strip() for a, b in zip(base_texts, texts, strict=True))
-        print(f"{name:40s} {secs:9.2f} {toks:7d} {tps:9.1f} {tps / base_tps:11.1f}x "
-              f"{base_secs / max(secs, 1e-9):10.1f}x {same:6d}/{len(texts)}")
-    print(f"\nprefill alone (same prompts, 1 new token, transformers backend): {prefill_secs:.2f} s "
-          f"= {100 * prefill_secs / first[0]:.0f} % of the transformers run; on CPU it is compute-bound and the "
-          "same for batch 1, so it caps the transformers backend's batching speed-up")
-    cached_secs = rows["reasonrec cached rerun"][0]
-    print(f"cached rerun time / first run time: {100 * cached_secs / first[0]:.3f} % (target <= 1 %)")
-    if "naive HF (batch 1)" in rows:
-        print(f"transformers backend speed-up over naive HF: {(first[1] / first[0]) / base_tps:.1f}x (target >= 5x)")
-        for name in LLAMACPP.values():
-            if name in rows:
-                secs, toks, _ = rows[name]
-                print(f"{name} speed-up over naive HF: {(toks / secs) / base_tps:.1f}x tokens/s, "
-                      f"{base_secs / secs:.1f}x wall time (target >= 5x)")
+        roof = 100 * 2 * n_params * (toks + ptoks) / secs / 1e9 / gflops["bfloat16"]
+        same = {}
+        for ref in (naive32, naive16):
+            same[ref] = (f"{sum(a.strip() == b.strip() for a, b in zip(rows[ref][3], texts, strict=True))}/"
+                         f"{len(texts)}" if ref in rows else "-")
+        print(f"{name:40s} {secs:8.1f} {toks:8d} {tps:8.1f} {tps / base_tps:7.1f}x {roof:10.1f}% "
+              f"{same[naive32]:>9s} {same[naive16]:>9s}")
+    print("\n'= fp32 b1' / '= bf16 b1': greedy texts equal to naive HF fp32 / bf16 at batch 1. Differences from "
+          "fp32 in bf16 runs are near-tie flips of the rounding; differences from bf16 batch 1 in the bf16 batched "
+          f"run are padding / batch-shape rounding. Roofline: 2 × {n_params / 1e6:.0f} M params FLOPs per prompt + new token over "
+          "the bf16 GEMM GFLOP/s.")
+    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Seconds per optimizer step and peak RAM of each trainer on the bundled SmolLM2-135M (fp32, LoRA r 8 on q/v).
+"""Seconds per optimizer step and peak RAM of each trainer on the bundled SmolLM2-135M (LoRA r 8 on q/v), old vs new.
 
 Workloads (prompts of ≈ 300-600 tokens, the size of the methods' recommendation prompts):
 
@@ -9,10 +9,18 @@ Workloads (prompts of ≈ 300-600 tokens, the size of the methods' recommendatio
     grpo   1 prompt × group 8, max 64 new tokens per completion, rank reward (STARec)
     yesno  batch 4, mixed label / reasoning answers (ThinkRec)
 
+Variants (``--variants``, each trainer × variant in its own process):
+
+    old            fp32 weights, the plain loss paths (``training.lean_logits: false``): what the trainers did before
+    lean-fp32      fp32, LM head on the completion positions only (SFT, S-DPO without share_prompt)
+    bf16-autocast  lean, fp32 weights, forward autocast to bf16 (``precision: bf16, bf16_mode: autocast``)
+    new            the defaults: lean, ``precision: auto`` (bf16 on AMX / AVX512-BF16 CPUs) with bf16 base weights
+                   and fp32 LoRA master weights (``bf16_mode: weights``)
+
 Each trainer runs in its own process (so peak RSS is its own) for ``--steps`` optimizer steps; the first step is
 reported separately (warm-up) and the rest as median seconds / step. Usage::
 
-    python benchmarks/train_step.py [--steps 4] [--only sft,sdpo] [--data-dir DIR]
+    python benchmarks/train_step.py [--steps 4] [--only sft,sdpo] [--variants old,new] [--data-dir DIR]
 
 Prompts use MovieLens-100K titles from ``--data-dir`` / ``$REASONREC_DATA_DIR`` (``ml-100k/u.item``) when present,
 else synthetic titles of the same shape. The CPU may be shared with other jobs: the numbers are upper bounds.
@@ -33,6 +41,12 @@ import time
 from pathlib import Path
 
 TRAINERS = ("sft", "sdpo", "sdpo-noshare", "grpo", "yesno")
+VARIANTS = {
+    "old": {"precision": "fp32", "lean_logits": False},
+    "lean-fp32": {"precision": "fp32", "lean_logits": True},
+    "bf16-autocast": {"precision": "bf16", "bf16_mode": "autocast", "lean_logits": True},
+    "new": {},
+}
 
 
 def titles(data_dir: str | None) -> list[str]:
@@ -52,7 +66,7 @@ def prompt(rng: random.Random, pool: list[str], n_hist: int) -> str:
             f"{rng.choice(pool)}? Answer Yes or No, then explain briefly.")
 
 
-def build(kind: str, out: Path, steps: int, data_dir: str | None):
+def build(kind: str, out: Path, steps: int, data_dir: str | None, variant: str = "new"):
     import pandas as pd
 
     from reasonrec.train import config as C
@@ -61,7 +75,7 @@ def build(kind: str, out: Path, steps: int, data_dir: str | None):
     pool = titles(data_dir)
     common = {"model": {"name": "smollm2-135m"}, "data": {"train": "unused.jsonl"},
               "training": {"output_dir": str(out), "max_steps": steps, "save_steps": 10_000, "logging_steps": 1,
-                           "learning_rate": 1e-4, "max_length": 1024}}
+                           "learning_rate": 1e-4, "max_length": 1024, **VARIANTS[variant]}}
     if kind == "sft":
         df = pd.DataFrame({"prompt": [prompt(rng, pool, 30) for _ in range(16)],
                            "completion": ["Yes. " + " ".join(rng.sample(pool, 6)) + " share the user's taste."] * 16})
@@ -95,7 +109,7 @@ def build(kind: str, out: Path, steps: int, data_dir: str | None):
     return build_yesno_trainer, cfg, pd.DataFrame(rows)
 
 
-def run_one(kind: str, steps: int, data_dir: str | None) -> dict:
+def run_one(kind: str, steps: int, data_dir: str | None, variant: str = "new") -> dict:
     import torch
     from transformers import TrainerCallback
 
@@ -114,13 +128,17 @@ def run_one(kind: str, steps: int, data_dir: str | None) -> dict:
             cpu.append(time.process_time() - self.c)
 
     with tempfile.TemporaryDirectory() as tmp:
-        builder, cfg, df = build(kind, Path(tmp), steps, data_dir)
+        builder, cfg, df = build(kind, Path(tmp), steps, data_dir, variant)
         trainer, tok = builder(cfg, df, callbacks=[Clock()])
         batch = next(iter(trainer.get_train_dataloader()))
         tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else None
         width = tuple(batch["input_ids"].shape) if "input_ids" in batch else None
         trainer.train()
-    return {"trainer": kind, "first_step_s": round(times[0], 2),
+    from reasonrec.train.common import precision_plan
+
+    plan = precision_plan(cfg.training)
+    return {"trainer": kind, "variant": variant, "weights": plan.weights_dtype,
+            "autocast": "bf16" if plan.bf16 else "fp16" if plan.fp16 else "-", "first_step_s": round(times[0], 2),
             "median_step_s": round(statistics.median(times[1:] or times), 2), "steps": len(times),
             "median_step_cpu_s": round(statistics.median(cpu[1:] or cpu), 2), "threads": torch.get_num_threads(),
             "batch_shape": width, "batch_tokens": tokens,
@@ -131,22 +149,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--only", default=",".join(TRAINERS))
+    ap.add_argument("--variants", default="old,new", help=f"comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--data-dir", default=os.environ.get("REASONREC_DATA_DIR"))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print("RESULT " + json.dumps(run_one(a.child, a.steps, a.data_dir)), flush=True)
+        kind, variant = a.child.split(":")
+        print("RESULT " + json.dumps(run_one(kind, a.steps, a.data_dir, variant)), flush=True)
         return
     rows = []
-    for kind in a.only.split(","):
-        cmd = [sys.executable, __file__, "--child", kind, "--steps", str(a.steps)]
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    jobs = [(k, v) for k in a.only.split(",") for v in a.variants.split(",")]
+    for kind, variant in jobs:
+        cmd = [sys.executable, __file__, "--child", f"{kind}:{variant}", "--steps", str(a.steps)]
         if a.data_dir:
             cmd += ["--data-dir", a.data_dir]
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
-            print(f"{kind}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            print(f"{kind} {variant}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
             continue
         row = json.loads(line[7:])
         row["wall_s"] = round(time.time() - t0, 1)
@@ -154,14 +176,17 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     if not rows:
         return
-    base_cpu = next((r["median_step_cpu_s"] for r in rows if r["trainer"] == "sft"), rows[0]["median_step_cpu_s"])
-    print(f"\n{'trainer':12} {'wall s/step':>11} {'cpu s/step':>10} {'cpu ×sft':>8} {'first wall':>10} "
-          f"{'batch (rows, T)':>16} {'tokens':>7} {'peak GiB':>9}")
+    old = {r["trainer"]: r for r in rows if r["variant"] == "old"}
+    print(f"\n{'trainer':12} {'variant':14} {'weights':>8} {'autocast':>8} {'wall s/step':>11} {'cpu s/step':>10} "
+          f"{'× old':>6} {'first wall':>10} {'batch (rows, T)':>16} {'tokens':>7} {'peak GiB':>9}")
     for r in rows:
-        print(f"{r['trainer']:12} {r['median_step_s']:11.2f} {r['median_step_cpu_s']:10.2f} "
-              f"{r['median_step_cpu_s'] / base_cpu:8.2f} {r['first_step_s']:10.2f} "
+        ref = old.get(r["trainer"])
+        speed = f"{ref['median_step_s'] / r['median_step_s']:6.2f}" if ref else f"{'-':>6}"
+        print(f"{r['trainer']:12} {r['variant']:14} {r['weights']:>8} {r['autocast']:>8} {r['median_step_s']:11.2f} "
+              f"{r['median_step_cpu_s']:10.2f} {speed} {r['first_step_s']:10.2f} "
               f"{str(r['batch_shape']):>16} {str(r['batch_tokens']):>7} {r['peak_rss_gib']:9.2f}")
-    print(f"\ncpu threads: {os.cpu_count()} (shared with other jobs; figures are upper bounds)")
+    print(f"\ncpu threads: {os.cpu_count()}, load average after: {os.getloadavg()} (shared with other jobs; figures "
+          "are upper bounds); '× old' = old wall s/step / this wall s/step")
 
 
 if __name__ == "__main__":

@@ -296,3 +296,9 @@ class RunDir:
             **extra,
         }
         io.write_json(self.root / "manifest.json", manifest)
+
+    def update_manifest(self, **fields: Any) -> None:
+        """Add ``fields`` to ``manifest.json`` (written by the data stage) once the run knows them."""
+        path = self.root / "manifest.json"
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+        io.write_json(path, {**manifest, **fields})

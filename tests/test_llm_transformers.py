@@ -17,7 +17,8 @@ PROMPTS = ["Hi", "Will the user like the target movie? Answer Yes or No.",
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_path):
-    return TransformersLLM(str(tiny_model_path), TransformersOptions(batch_size=8, threads=1))
+    # float32: these compare batched, padded passes with unpadded ones to float32 rounding (bf16: test_llm_device)
+    return TransformersLLM(str(tiny_model_path), TransformersOptions(batch_size=8, threads=1, dtype="float32"))
 
 
 def _last_logits(llm, prompt):
@@ -93,7 +94,7 @@ def lora_llm(tiny_model_path, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     a = _save_adapter(tiny_model_path, root / "a", seed=1)
     b = _save_adapter(tiny_model_path, root / "b", seed=2)
-    return load_llm(str(tiny_model_path), adapters={"a": str(a), "b": str(b)}, threads=1)
+    return load_llm(str(tiny_model_path), adapters={"a": str(a), "b": str(b)}, threads=1, dtype="float32")
 
 
 def test_adapters_change_outputs(lora_llm, llm):

@@ -40,7 +40,8 @@ def test_one_rejected_equals_trl_dpo_sigmoid_loss(tiny_model_path, tmp_path, cha
     from trl import DPOConfig, DPOTrainer
 
     df = PAIRS.assign(rejected=[r[0] for r in PAIRS["rejected"]])
-    cfg = _cfg(tiny_model_path, tmp_path / "ours", per_device_train_batch_size=3)
+    # fp32: two implementations agree to 1e-6 only in fp32 (bf16 rounding differs by ~4e-5)
+    cfg = _cfg(tiny_model_path, tmp_path / "ours", per_device_train_batch_size=3, precision="fp32")
     cfg.chat_template = chat
     cfg.share_prompt = share
     ours, tok = build_sdpo_trainer(cfg, df)

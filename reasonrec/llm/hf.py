@@ -44,6 +44,7 @@ from .base import (
     truncate_at_stop,
 )
 from .constraints import LOCAL_KINDS, check_supported, per_prompt_constraints
+from .device import resolve_dtype
 
 TINY = "tiny-random"
 
@@ -52,7 +53,9 @@ class TransformersOptions(Section):
     """Options of the transformers backend.
 
     Fields:
-        dtype: weights dtype; ``auto`` = float32 on CPU, bfloat16 on GPU.
+        dtype: weights and compute dtype; ``auto`` = bfloat16 where the device runs it natively (AMX or
+            AVX512-BF16 CPUs, bf16 GPUs), else float32 (:func:`reasonrec.llm.device.resolve_dtype`; the choice is
+            logged and listed by ``device.dtype_manifest()``). Scores are read in float32 either way.
         device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda``, ``cuda:1``...
         batch_size: prompts per forward/generate call (``n`` samples multiply the rows); default 16.
         adapters: LoRA adapters to load, ``{name: folder saved by peft}``; select one per call with ``adapter=``.
@@ -109,9 +112,7 @@ class TransformersLLM:
         device = self.options.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = self.options.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        dtype = resolve_dtype(self.options.dtype, device, where=f"transformers:{name}").dtype
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True)

@@ -83,4 +83,19 @@ def run_loaded(module: ModuleType, cfg, run_dir: str | Path | None = None,
     run = RunDir(cfg.run_dir)
     with run.lock():
         run.write_config(cfg)
-        return module.run(cfg, run)
+        try:
+            return module.run(cfg, run)
+        finally:
+            _record_precision(run)
+
+
+def _record_precision(run: RunDir) -> None:
+    """The dtype every model of the run was loaded in (bf16 where the CPU runs it natively, else fp32: issue 14),
+    in the run log and ``manifest.json``."""
+    from ..llm.device import dtype_manifest
+
+    precision = dtype_manifest()
+    seen = sorted({(c["where"], c["dtype"], c["reason"]) for c in precision["choices"]})
+    for where, dtype, reason in seen:
+        run.log(f"precision: {where or 'model'} in {dtype} ({reason})")
+    run.update_manifest(precision=precision)

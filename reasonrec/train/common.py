@@ -22,6 +22,7 @@ from typing import Any
 
 from .. import io
 from ..errors import ConfigError, DataError
+from ..llm.device import DtypeChoice, resolve_dtype
 from .config import LoraSection, ModelSection, TrainingSection
 
 log = logging.getLogger(__name__)
@@ -85,27 +86,29 @@ def lora_config(lora: LoraSection, num_layers: int):
     )
 
 
-def load_base_model(name: str):
-    """The base causal LM in fp32 (mixed precision, when on, is autocast by the Trainer)."""
+def load_base_model(name: str, dtype: str = "float32"):
+    """The base causal LM with weights in ``dtype`` (see :func:`precision_plan`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.name: cannot load '{name}' ({path}): {err}") from None
 
 
-def load_peft_model(model_cfg: ModelSection, *, with_ref: bool = False):
-    """Base model + a trainable LoRA: a new one from ``model_cfg.lora``, or ``init_adapter`` to continue.
+def load_peft_model(model_cfg: ModelSection, *, with_ref: bool = False, dtype: str = "float32"):
+    """Base model (weights in ``dtype``) + a trainable LoRA: a new one from ``model_cfg.lora``, or ``init_adapter``
+    to continue. The LoRA weights stay float32 whatever ``dtype`` is (peft's ``autocast_adapter_dtype``, on by
+    default, upcasts bf16 adapters), so they are fp32 master weights for the optimizer.
 
     With ``with_ref`` and an ``init_adapter``, the same adapter is also loaded frozen under the name ``ref`` (the
     reference policy of preference training, as trl does when re-training an existing adapter).
     """
     from peft import PeftModel, get_peft_model
 
-    base = load_base_model(model_cfg.name)
+    base = load_base_model(model_cfg.name, dtype)
     if model_cfg.init_adapter is not None:
         path = Path(model_cfg.init_adapter)
         if not (path / "adapter_config.json").exists():
@@ -145,19 +148,37 @@ def freeze_lora_outside_last(model, n_last: int) -> int:
     return kept
 
 
-def precision_flags(precision: str) -> dict[str, bool]:
-    """``auto``: fp32 on CPU; bf16 where the GPU supports it, else fp16."""
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How a trainer computes: the base weights' dtype and the Trainer's autocast flags."""
+
+    weights_dtype: str
+    bf16: bool
+    fp16: bool
+    choice: DtypeChoice
+
+
+def precision_plan(t: TrainingSection, where: str = "train") -> PrecisionPlan:
+    """``t.precision`` → weights dtype + Trainer flags.
+
+    ``auto`` = bf16 where the device computes it natively (:func:`reasonrec.llm.device.resolve_dtype`: AMX or
+    AVX512-BF16 CPUs, bf16 GPUs), else fp32. bf16 runs as ``t.bf16_mode``: ``weights`` loads the frozen base in
+    bf16 and keeps the LoRA in fp32 (no autocast); ``autocast`` keeps fp32 weights and lets the Trainer autocast
+    the forward to bf16. fp16 (GPU only) is always autocast, with the Trainer's loss scaling.
+    """
     import torch
 
-    if precision == "auto":
-        if not torch.cuda.is_available():
-            return {"bf16": False, "fp16": False}
-        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    requested = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[t.precision]
+    choice = resolve_dtype(requested, device, where=where)
+    if choice.dtype == "bfloat16" and t.bf16_mode == "weights":
+        return PrecisionPlan("bfloat16", False, False, choice)
+    return PrecisionPlan("float32", choice.dtype == "bfloat16", choice.dtype == "float16", choice)
 
 
 def training_kwargs(t: TrainingSection) -> dict[str, Any]:
     """The TrainingArguments fields every trainer sets the same way."""
+    plan = precision_plan(t)
     return dict(
         output_dir=str(t.output_dir), seed=t.seed, data_seed=t.seed, learning_rate=t.learning_rate,
         weight_decay=t.weight_decay, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
@@ -166,7 +187,9 @@ def training_kwargs(t: TrainingSection) -> dict[str, Any]:
         warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         report_to="none", dataloader_num_workers=0, disable_tqdm=False, logging_first_step=True,
-        **precision_flags(t.precision),
+        bf16=plan.bf16, fp16=plan.fp16,
+        # transformers refuses bf16 autocast on a CPU-only machine unless told the CPU is meant
+        use_cpu=plan.choice.device == "cpu",
     )
 
 

@@ -18,18 +18,22 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from .common import (
     TrainResult,
     chat_messages,
     is_complete,
     load_peft_model,
     load_tokenizer,
+    precision_plan,
     read_table,
     run_training,
     skipped_result,
     training_kwargs,
 )
 from .config import GRPOConfig
+from .lean import lean_completion_logps, supports_lean
 
 _ITEM_LINE = re.compile(r"^\s*(?:\[?\d+[\].):]|[-*•])\s*(.+?)\s*$")
 _WORD = re.compile(r"[A-Za-z]+")
@@ -132,6 +136,34 @@ def grpo_dataset(df, cfg: GRPOConfig):
     return Dataset.from_list(records)
 
 
+def _lean_grpo_trainer_class():
+    """trl's ``GRPOTrainer`` whose per-token log-probs run the LM head on completion positions only
+    (``training.lean_logits``). trl's fused head scores every prompt position too off CUDA / XPU; for text-only
+    batches without MoE aux loss the result is the same (tested), anything else goes to trl's own path."""
+    from trl import GRPOTrainer
+
+    class LeanGRPOTrainer(GRPOTrainer):
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **multimodal):
+            if compute_aux_loss or any(v is not None for v in multimodal.values()):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                    compute_aux_loss, **multimodal)
+            batch_size = batch_size or input_ids.size(0)
+            logps, ents = [], []
+            for s in range(0, input_ids.size(0), batch_size):  # trl's row chunks bound the activation memory
+                with self.accelerator.autocast():
+                    lp, ent = lean_completion_logps(model, input_ids[s:s + batch_size],
+                                                    attention_mask[s:s + batch_size], logits_to_keep,
+                                                    temperature=self.temperature)
+                logps.append(lp)
+                ents.append(ent)
+            return torch.cat(logps), (torch.cat(ents) if compute_entropy else None), None
+
+    return LeanGRPOTrainer
+
+
 def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable] | None = None,
                        callbacks: Sequence = ()):
     from transformers import set_seed
@@ -146,14 +178,16 @@ def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model.name)
     tokenizer.padding_side = "left"  # generation pads on the left
-    model = load_peft_model(cfg.model)
+    model = load_peft_model(cfg.model, dtype=precision_plan(cfg.training, "train:grpo").weights_dtype)
     kw = training_kwargs(cfg.training)
     args = TrlGRPOConfig(
         **kw, num_generations=cfg.num_generations, beta=cfg.beta, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, remove_unused_columns=False, log_completions=False,
         generation_kwargs=dict(cfg.generation_kwargs) or None,
     )
-    trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=args,
+    trainer_cls = (_lean_grpo_trainer_class() if cfg.training.lean_logits and supports_lean(model)
+                   else GRPOTrainer)
+    trainer = trainer_cls(model=model, reward_funcs=list(reward_funcs), args=args,
                           train_dataset=grpo_dataset(df, cfg), processing_class=tokenizer,
                           callbacks=list(callbacks))
     return trainer, tokenizer

@@ -4,8 +4,9 @@ trl has no multi-negative DPO, so this is a small ``transformers.Trainer`` that 
 
 - tokenisation splits prompt / completion as trl's DPO trainer does (:func:`~reasonrec.train.common.encode_pair`);
 - the chosen and all rejected completions of a batch share one forward pass, and sequence log-probs come from
-  trl's fused LM head (``add_fused_lm_head``: per-token log-probs without materialising (N, T, V) logits, the
-  same kernel trl's DPO trainer uses), masked to the completion and summed;
+  the LM head on the completion positions only (:func:`~reasonrec.train.lean.lean_token_logps`; with
+  ``training.lean_logits: false``, trl's fused LM head ``add_fused_lm_head``, which off CUDA / XPU scores every
+  prompt position too), masked to the completion and summed;
 - the reference is the same model with the adapter disabled (or the frozen ``ref`` copy of ``init_adapter``),
   under ``no_grad`` — trl's ``use_adapter``;
 - the loss is :func:`reasonrec.train.losses.sdpo_loss`, which with K = 1 equals trl's DPO sigmoid loss.
@@ -36,12 +37,14 @@ from .common import (
     is_complete,
     load_peft_model,
     load_tokenizer,
+    precision_plan,
     read_table,
     run_training,
     skipped_result,
     training_kwargs,
 )
 from .config import SDPOConfig
+from .lean import lean_token_logps, supports_lean
 from .losses import sdpo_loss
 
 
@@ -140,12 +143,13 @@ class SDPOTrainer(Trainer):
     # compute_loss returns a per-prompt mean, so the Trainer must divide it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, beta: float = 0.1, share_prompt: bool = False, **kwargs):
+    def __init__(self, *args, beta: float = 0.1, share_prompt: bool = False, lean: bool = True, **kwargs):
         from trl.trainer.utils import add_fused_lm_head
 
         super().__init__(*args, **kwargs)
         self.beta = beta
         self.share_prompt = share_prompt
+        self.lean = lean
         add_fused_lm_head(self.model.get_base_model())
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
@@ -153,6 +157,10 @@ class SDPOTrainer(Trainer):
         if self.share_prompt:
             return self._row_logps_shared(model, inputs)
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        if self.lean:
+            # the head on completion positions only: trl's fused head scores every position off CUDA / XPU
+            token_logps, _, _ = lean_token_logps(model, inputs["input_ids"], inputs["attention_mask"], labels)
+            return token_logps.sum(dim=1)
         out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
                     use_cache=False, fused_lm_head=True)
         return out.log_probs.sum(dim=1)  # (N,) zero outside the completion
@@ -223,12 +231,14 @@ def build_sdpo_trainer(cfg: SDPOConfig, df=None, callbacks: Sequence = ()):
         df = read_table(cfg.data.train, [cfg.prompt_column, cfg.chosen_column, cfg.rejected_column], cfg.data.limit)
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model.name)
-    model = load_peft_model(cfg.model, with_ref=True)
+    plan = precision_plan(cfg.training, "train:sdpo")
+    model = load_peft_model(cfg.model, with_ref=True, dtype=plan.weights_dtype)
     args = TrainingArguments(**training_kwargs(cfg.training), remove_unused_columns=False)
     dataset = Dataset.from_list(sdpo_records(df, cfg, tokenizer))
     trainer = SDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                           data_collator=MultiNegativeCollator(tokenizer.pad_token_id, cfg.share_prompt),
-                          callbacks=list(callbacks), beta=cfg.beta, share_prompt=cfg.share_prompt)
+                          callbacks=list(callbacks), beta=cfg.beta, share_prompt=cfg.share_prompt,
+                          lean=cfg.training.lean_logits and supports_lean(model))
     return trainer, tokenizer
 
 

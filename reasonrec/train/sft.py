@@ -14,6 +14,7 @@ from .common import (
     is_complete,
     load_peft_model,
     load_tokenizer,
+    precision_plan,
     read_table,
     run_training,
     skipped_result,
@@ -21,6 +22,7 @@ from .common import (
     training_kwargs,
 )
 from .config import SFTConfig
+from .lean import lean_lm_loss, supports_lean
 
 
 def sft_records(df, cfg: SFTConfig) -> list[dict]:
@@ -38,6 +40,30 @@ def sft_records(df, cfg: SFTConfig) -> list[dict]:
     return out
 
 
+def _lean_sft_trainer_class():
+    """trl's ``SFTTrainer`` with :func:`~reasonrec.train.lean.lean_lm_loss` as its loss (defined lazily: trl is
+    imported only when a trainer is built)."""
+    from trl import SFTTrainer
+
+    class LeanSFTTrainer(SFTTrainer):
+        """The LM head runs on completion positions only (``training.lean_logits``); the loss is the same as
+        trl's completion-only loss, and ``mean_token_accuracy`` is logged as trl does (its ``entropy`` metric
+        needs the full logits and is dropped)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, stats = lean_lm_loss(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"],
+                                       num_items_in_batch=num_items_in_batch)
+            mode = "train" if model.training else "eval"
+            n = stats["n_tokens"].clamp(min=1)
+            self._metrics[mode]["mean_token_accuracy"].append((stats["n_correct"] / n).item())
+            if mode == "train" and inputs.get("attention_mask") is not None:  # as trl counts them
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, {"loss": loss}) if return_outputs else loss
+
+    return LeanSFTTrainer
+
+
 def build_sft_trainer(cfg: SFTConfig, df=None, callbacks: Sequence = ()):
     """The configured trl ``SFTTrainer`` (not yet trained); ``df`` defaults to ``cfg.data.train``."""
     from datasets import Dataset
@@ -50,13 +76,14 @@ def build_sft_trainer(cfg: SFTConfig, df=None, callbacks: Sequence = ()):
         df = read_table(cfg.data.train, cols, cfg.data.limit)
     set_seed(cfg.training.seed)  # LoRA A matrices are initialised randomly
     tokenizer = load_tokenizer(cfg.model.name)
-    model = load_peft_model(cfg.model)
+    model = load_peft_model(cfg.model, dtype=precision_plan(cfg.training, "train:sft").weights_dtype)
     args = TrlSFTConfig(
         **training_kwargs(cfg.training), max_length=cfg.training.max_length, completion_only_loss=True,
         packing=False, dataset_num_proc=None, remove_unused_columns=True,
     )
     dataset = Dataset.from_list(sft_records(df, cfg))
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+    trainer_cls = _lean_sft_trainer_class() if cfg.training.lean_logits and supports_lean(model) else SFTTrainer
+    return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                       callbacks=list(callbacks)), tokenizer
 
 

@@ -40,6 +40,7 @@ from .common import (
     is_complete,
     load_peft_model,
     load_tokenizer,
+    precision_plan,
     read_table,
     run_training,
     skipped_result,
@@ -254,7 +255,7 @@ def build_yesno_trainer(cfg: YesNoConfig, df=None, callbacks: Sequence = ()):
     set_seed(cfg.training.seed)
     tokenizer = load_tokenizer(cfg.model.name)
     records = mix_kinds(yesno_records(df, cfg, tokenizer), cfg.reason_share, cfg.training.seed)
-    model = load_peft_model(cfg.model)
+    model = load_peft_model(cfg.model, dtype=precision_plan(cfg.training, "train:yesno").weights_dtype)
     placeholder_id = None
     if cfg.soft_token is not None:
         placeholder_id = single_token(tokenizer, cfg.soft_token.placeholder or tokenizer.unk_token,
