@@ -13,7 +13,51 @@ generation cache, so an interrupted stage resumes without asking the model twice
 
 Variants written to ``results.json`` (R4ec Tab. 2; same test samples, same seeds, same knowledge windows):
 
-============  ===================================================================  ===================
+============  ===================================================================  ==========================
+variant       knowledge                                                            connector (eq. 12)
+============  ===================================================================  ==========================
+base          none: the backbone alone                                             —
+kar           the un-tuned base model's single answer to the reasoning prompts     ``hybrid`` (KAR §3.3: 2
+              (no adapter, no reflection): KAR's System-1 knowledge                shared + 5 specific
+                                                                                   experts, KAR ``run_ctr.py``)
+r2ec          the first answer of an actor trained on D_reason only (§4.1.4)       ``mlp``
+r4ec_refine   actor (D_reason + D_refine) + reflector, iterative refinement        ``mlp``
+r4ec_filter   k actor samples, the reflector's reasonable ones averaged (§3.5)     ``mlp``
+============  ===================================================================  ==========================
+
+``rec.connectors`` changes a row's connector.
+
+Fidelity notes (issue 17, "deviations that change results"), with what the reference code does:
+
+1. Leakage. The LLM reads only interactions strictly before the earliest CTR sample its knowledge serves
+   (``subset.knowledge_window: pre_sample``, :class:`~reasonrec.methods.common.KnowledgeContext`); construction
+   cases come from the same windows, so no CTR label (train or test) reaches any prompt. KAR's code does the
+   same: ``preprocess/generate_data_and_prompt.py`` builds the LM history from ``item_seq[:lm_hist_idx]`` and the
+   CTR samples from ``range(lm_hist_idx, len(item_seq))``; its item prompts show title and brand only. R4ec's
+   code (ucas-hao/R4ec) does not publish the knowledge-prompt inputs: its ``generate_data_and_prompt.py`` has the
+   KAR prompt builder commented out and reads ``lm_hist_idx`` from a split file that its ``preprocess_amz.py``
+   no longer writes, so which history its knowledge saw cannot be checked. ``knowledge_window: train`` keeps the
+   former behaviour (last train interactions, which include the user's train targets) for comparison only.
+2. The five rows above; the KAR row uses KAR's hybrid-expert adaptor as KAR does.
+3. Item prompts show ``subset.pos_neg_users`` (default 1, as R4ec's ``prompt/prompt.py``: "one user who likes
+   the target movie and one user who does not") users with [TITLE, RATING] histories of
+   ``subset.neighbour_history_len`` (default ``history_len``) interactions.
+4. Encoder: the encoder's own maximum input length and L2-normalised vectors
+   (:mod:`reasonrec.knowledge.encoders`); R4ec's ``rec/knowledge_bge.py`` encodes with BGE-M3 at
+   ``max_length=2048`` (its dense vectors are normalised).
+5. Filter: only parsed samples are averaged; an entity none of whose samples parsed takes its refined answer,
+   and the count is reported (``encode`` stage info and ``results.json``).
+6. An unparsed judgement is retried like any malformed answer (``generate_parsed``), then counted apart
+   (``judge_unparsed_*``), never as "reasonable".
+7. Protocol: R4ec's code (``preprocess/preprocess_amz.py``) keeps Amazon-Books users with ≥ 60 and items with
+   ≥ 40 interactions (``user_core = 60``, ``item_core = 40``, as KAR's ``preprocess_amz.py``; KAR and R4ec
+   apply no filter to ML-1M), splits each user's sequence at ``int(0.8 * len)`` and starts train CTR samples at
+   index 11 (``range(11, split + 1)``). Our ``kar`` protocol starts at ``min_history`` = 10 (the first 10
+   interactions are the pre-sample window, and the sample at index 10 is simply one more train sample) and puts
+   index ``split`` in test (R4ec's ``range(11, split + 1)`` puts it in train too, while its ``test.json`` starts
+   at ``split``: an off-by-one we do not copy). The k-core filter is the ``kar`` protocol's ``user_core`` /
+   ``item_core`` options (defaults 60 / 40 on Amazon, 0 elsewhere, :mod:`reasonrec.data.protocols`).
+
 ``results.json`` follows :mod:`reasonrec.eval.results` (intervals by user bootstrap, paired Δ vs
 ``results.reference``), computed from the per-sample predictions in ``rec/predictions.parquet``; ``results.md``
 is rendered from it.
