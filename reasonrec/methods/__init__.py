@@ -80,7 +80,12 @@ def run_loaded(module: ModuleType, cfg, run_dir: str | Path | None = None,
     config's. The run holds the run directory's lock from before ``config.yaml`` is written to the end."""
     resolve_paths(cfg, run_dir, data_dir)
     check_experiment(module, cfg, source)
+    from ..progress import set_stage
+
     run = RunDir(cfg.run_dir)
-    with run.lock():
-        run.write_config(cfg)
-        return module.run(cfg, run)
+    try:
+        with run.lock():
+            run.write_config(cfg)
+            return module.run(cfg, run)
+    finally:
+        set_stage(None)  # later progress bars in this process (another run, a test) are not this run's
