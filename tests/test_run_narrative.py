@@ -105,10 +105,11 @@ def test_run_summary_is_a_captioned_table_with_the_warnings(collm, tmp_path):  #
     item = _rates(splits.train, "item_id", test)
     user = _rates(splits.train, "user_id", test)
     root = _make_run(tmp_path / "pop", splits, tables, "pop", {"base": item, "user_rate": user})
-    RunDir(root, verbose=False).warn("adapter user_actor not trained", stage="train")
+    long = "adapter user_actor not trained: " + "no rows from Algorithm 1, " * 6 + "base model"
+    RunDir(root, verbose=False).warn(long, stage="train")
 
     out = stdio.StringIO()
-    print_run_summary(root, Console(file=out, width=220, color_system=None))
+    print_run_summary(root, Console(file=out, width=120, color_system=None))
     text = out.getvalue()
     n_users = test["user_id"].nunique()
     assert f"{len(test)} test samples of {n_users} users" in text
@@ -116,7 +117,7 @@ def test_run_summary_is_a_captioned_table_with_the_warnings(collm, tmp_path):  #
     for variant in ("base", "user_rate"):
         assert f"│ {variant} " in text
     assert "Δ vs base" in text
-    assert text.rstrip().splitlines()[-1] == "warning: train: adapter user_actor not trained"
+    assert text.rstrip().splitlines()[-1] == f"warning: train: {long}"  # last, on one line however long
     # the report shows the same warning where its results are read
     page, md = render_report([root])
-    assert "warning: train: adapter user_actor not trained" in page and "adapter user_actor" in md
+    assert f"warning: train: {long}" in page and "adapter user_actor" in md

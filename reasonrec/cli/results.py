@@ -89,4 +89,5 @@ def print_run_summary(run_dir: Path, console=None) -> None:
     said = result_warnings(res)
     said += [w for w in read_run_warnings(Path(run_dir)) if w.removeprefix("results: ") not in said]
     for w in said:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        # one line each, unwrapped: a warning is read (and grepped) as a whole
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)

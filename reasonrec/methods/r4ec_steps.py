@@ -255,8 +255,9 @@ def reflection_filter(llm, side: Side, domain: str, entities: Sequence[dict[str,
     prompts = [prompt(side, "reason", domain, e, with_target=False) for e in entities]
     samples: list[list[str]] = []
     for s in range(k):  # one seed per sample index, so every sample is cached on its own
-        got = _ask(llm, side, "reason", prompts, _knowledge_parser, gen, adapter=actor, stats=stats,
-                   temperature=temperature, seed=gen.seed + 1000 * (s + 1))
+        with progress_step(f"sample {s + 1}/{k}"):
+            got = _ask(llm, side, "reason", prompts, _knowledge_parser, gen, adapter=actor, stats=stats,
+                       temperature=temperature, seed=gen.seed + 1000 * (s + 1))
         for i, r in enumerate(got):
             if s == 0:
                 samples.append([])
