@@ -40,6 +40,8 @@ def test_smoke_config_runs_every_stage_and_variant(tmp_path, ml100k_dir):
     # the run's last line is the absolute path of its report
     report = Path(proc.stdout.strip().splitlines()[-1].removeprefix("report: "))
     assert report.is_absolute() and report == (run / "report.html").resolve() and "<svg" in report.read_text()
+    page = report.read_text()  # the report says the same: what each variant is, and the run's warnings
+    assert "what it is" in page and "warning: construct: Algorithm 1 kept nothing on the user side" in page
     assert set(json.loads((run / "train" / "sets.json").read_text())) == {
         f"{side}_{role}" for side in ("user", "item") for role in ("actor", "reflect", "r2ec")}
     # the budget holds on an idle machine; a loaded one (other jobs on the 2 cores) gets twice as long

@@ -306,6 +306,11 @@ def _results_rows(res: Results, metric: str) -> tuple[list[str], list[list[Any]]
     header = ["model", "variant", "n", metric, "CI", "± sd seeds", f"Δ vs {ref}", "Δ CI", "p"]
     rows = [[r["model"], r["variant"], r["n"], r["value"], r["ci"], r["seed_sd"], r["delta"], r["delta_ci"], r["p"]]
             for r in table_records(res, metric)]
+    what = res.details.get("variants")
+    if isinstance(what, dict) and what:  # the method says what each variant is (R4ec: VARIANT_INFO)
+        header.append("what it is")
+        for row in rows:
+            row.append(what.get(row[1], ""))
     return header, rows
 
 
