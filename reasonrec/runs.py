@@ -48,7 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import io
+from . import io, progress
 from .errors import RunLockedError, StageError
 
 TRACKED_PACKAGES = (
@@ -171,11 +171,14 @@ def config_fields(cfg: Any, *paths: str, prefix: str = "") -> dict[str, Any]:
 class RunDir:
     """A folder holding one experiment's config, manifest and stage artifacts."""
 
-    def __init__(self, root: str | Path, verbose: bool = True):
+    def __init__(self, root: str | Path, verbose: bool = True, stages: Sequence[str] = ()):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.verbose = verbose
+        # the method's stage order, when it declares one: stages are then counted ("stage 3/6 infer")
+        self.stages = list(stages)
         self._announced: set[str] = set()
+        self._current = ""  # the stage now running: the one a warning belongs to
         self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ the lock
@@ -243,8 +246,55 @@ class RunDir:
             self._clear_if_stale(st)
         if name not in self._announced:  # stages are looked up again by later stages; say it once
             self._announced.add(name)
-            self.log(f"stage {name}: " + ("complete, skipped" if st.done else "running"))
+            if not st.done:
+                self._current = name
+                progress.set_stage(self.stage_label(name))  # what the progress bars of this stage's work say
+                self.clear_warnings(name)  # this attempt says them again, if they still hold
+            count = f" [{self.stages.index(name) + 1}/{len(self.stages)}]" if name in self.stages else ""
+            self.log(f"stage {name}: " + ("complete, skipped" if st.done else "running") + count)
         return st
+
+    def stage_label(self, name: str) -> str:
+        """``"stage 3/6 infer"`` when the run declared its stages, else ``"stage infer"``."""
+        if name in self.stages:
+            return f"stage {self.stages.index(name) + 1}/{len(self.stages)} {name}"
+        return f"stage {name}"
+
+    def step(self, label: str):
+        """``with run.step("user refinement"):`` names the work the progress bars inside show."""
+        return progress.step(label)
+
+    # ------------------------------------------------------------------ warnings
+
+    @property
+    def warnings_path(self) -> Path:
+        return self.root / "warnings.json"
+
+    def warnings(self) -> list[dict[str, str]]:
+        """Every warning of the run, ``[{"stage": ..., "message": ...}]`` in the order they were said."""
+        if not self.warnings_path.exists():
+            return []
+        try:
+            return list(json.loads(self.warnings_path.read_text()))
+        except json.JSONDecodeError:  # written atomically; a damaged file is rewritten by the next warning
+            return []
+
+    def warn(self, message: str, stage: str | None = None) -> None:
+        """A fallback or degenerate outcome: one ``warning:`` line in the log now, and a record in
+        ``warnings.json`` that the final summary and the report show. A complete stage is skipped on rerun,
+        so its warnings are kept with the stage they belong to and said again only when it reruns."""
+        self.log(f"warning: {message}")
+        rec = {"stage": self._current if stage is None else stage, "message": message}
+        have = self.warnings()
+        if rec not in have:
+            io.write_json(self.warnings_path, [*have, rec])
+
+    def clear_warnings(self, stage: str) -> None:
+        """Forget the warnings of ``stage`` (it is about to say them again)."""
+        have = self.warnings()
+        keep = [w for w in have if w.get("stage") != stage]
+        if len(keep) != len(have):
+            io.write_json(self.warnings_path, keep)
 
     def _clear_if_stale(self, st: Stage) -> None:
         """Empty the stage folder when its marker or an interrupted attempt was made under other inputs, so

@@ -30,9 +30,18 @@ def test_smoke_config_runs_every_stage_and_variant(tmp_path, ml100k_dir):
     assert {r["variant"] for r in summary["rows"] if r["model"] == "din"} == {
         "base", "kar", "r2ec", "r4ec_refine", "r4ec_filter"}
     assert summary["details"]["connectors"]["kar"] == "hybrid"
+    # the run speaks: a captioned table saying what each variant is, and every fallback as a warning line (a
+    # random teacher writes no tagged answer, so Algorithm 1 keeps nothing and no adapter is trained)
+    out = proc.stdout
+    assert "test samples of" in out and "R4ec iterative refinement" in out
+    assert "warning: construct: Algorithm 1 kept nothing on the user side" in out
+    assert "warning: train: adapter user_actor not trained" in out
+    assert "stage infer: running [4/6]" in (run / "log.txt").read_text()
     # the run's last line is the absolute path of its report
     report = Path(proc.stdout.strip().splitlines()[-1].removeprefix("report: "))
     assert report.is_absolute() and report == (run / "report.html").resolve() and "<svg" in report.read_text()
+    page = report.read_text()  # the report says the same: what each variant is, and the run's warnings
+    assert "what it is" in page and "warning: construct: Algorithm 1 kept nothing on the user side" in page
     assert set(json.loads((run / "train" / "sets.json").read_text())) == {
         f"{side}_{role}" for side in ("user", "item") for role in ("actor", "reflect", "r2ec")}
     # the budget holds on an idle machine; a loaded one (other jobs on the 2 cores) gets twice as long

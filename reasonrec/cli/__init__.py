@@ -60,14 +60,14 @@ def run(
                    f"run dir {cfg.run_dir}")
         return
     run_loaded(module, cfg, run_dir=run_dir, data_dir=data_dir, source=str(config))
-    root = cfg.run_dir
-    table = root / "results.md"
-    if table.exists():
-        typer.echo(table.read_text())
-    typer.echo(f"results: {root / 'results.json'}")
+    root = Path(cfg.run_dir).resolve()
     from ..eval.report import write_report
     from ..eval.results import ResultsError
+    from .results import print_run_summary
 
+    if (root / "results.json").exists():  # the captioned table and the warnings, not results.md's JSON blocks
+        print_run_summary(root)
+    typer.echo(f"results: {root / 'results.json'}")
     try:  # the report's path is the run's last line: what to open next
         typer.echo(f"report: {write_report([root])}")
     except ResultsError as err:  # e.g. a method that does not write the results schema yet

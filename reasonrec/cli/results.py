@@ -51,3 +51,43 @@ def results(
     console.print(table)
     if timings is not None:
         console.print(f"created {timings.created}; stage seconds {timings.stage_seconds}")
+
+
+def print_run_summary(run_dir: Path, console=None) -> None:
+    """The end of ``reasonrec run``: a captioned table of the run's first metric (n test samples, value with
+    interval, paired Δ vs the reference with interval, what each variant is), then the run's warnings (fallbacks
+    and degenerate outcomes, from ``warnings.json``, and the results' own: intervals missing for lack of users)."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..eval.report import read_run_warnings, result_warnings
+    from ..eval.results import read_results, table_records
+
+    console = console or Console(width=max(120, Console().width))
+    res, _ = read_results(run_dir)
+    metric = next((r.metric for r in res.rows), "auc")
+    records = table_records(res, metric)
+    users = None
+    if res.predictions and (Path(run_dir) / res.predictions).is_file():
+        users = pd.read_parquet(Path(run_dir) / res.predictions, columns=["user_id"])["user_id"].nunique()
+    n = max((int(r["n"]) for r in records), default=0)
+    level = f"{round(res.confidence * 100)}%"
+    what = res.details.get("variants", {}) if isinstance(res.details.get("variants"), dict) else {}
+    table = Table(title=f"{res.method} · {res.dataset} · {res.protocol} · {metric}",
+                  caption=f"{n} test samples" + (f" of {users} users" if users is not None else "")
+                  + f"; {level} intervals by user bootstrap ({res.n_boot} replicates); Δ paired on the same "
+                    f"samples vs {res.reference}")
+    for col, justify in (("model", "left"), ("variant", "left"), ("n", "right"), (metric, "right"),
+                         (f"{level} CI", "right"), (f"Δ vs {res.reference}", "right"), (f"Δ {level} CI", "right"),
+                         ("what it is", "left")):
+        table.add_column(col, justify=justify)
+    for r in records:
+        table.add_row(r["model"], r["variant"], r["n"], r["value"], r["ci"] or "–", r["delta"],
+                      r["delta_ci"] or ("–" if r["delta"] else ""), what.get(r["variant"], ""))
+    console.print(table)
+    said = result_warnings(res)
+    said += [w for w in read_run_warnings(Path(run_dir)) if w.removeprefix("results: ") not in said]
+    for w in said:
+        # one line each, unwrapped: a warning is read (and grepped) as a whole
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, soft_wrap=True)

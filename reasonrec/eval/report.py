@@ -58,6 +58,7 @@ class RunView:
     manifest: dict[str, Any] | None
     texts: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the report could not show, said in it
+    run_warnings: list[str] = field(default_factory=list)  # the run's own (warnings.json: fallbacks, degenerate steps)
 
     @property
     def name(self) -> str:
@@ -88,7 +89,20 @@ def load_run(run_dir: str | Path) -> RunView:
     manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").is_file() else None
     view = RunView(root, res, seconds, {k: v for k, v in info.items() if v}, config, manifest)
     view.texts = _text_tables(root, res, markers, view.notes)
+    view.run_warnings = read_run_warnings(root)
     return view
+
+
+def read_run_warnings(root: Path) -> list[str]:
+    """The messages of ``warnings.json`` (:meth:`reasonrec.runs.RunDir.warn`), prefixed by their stage."""
+    path = Path(root) / "warnings.json"
+    if not path.is_file():
+        return []
+    try:
+        recs = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return []
+    return [f"{r['stage']}: {r['message']}" if r.get("stage") else r["message"] for r in recs]
 
 
 def _text_specs(res: Results, markers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -292,6 +306,11 @@ def _results_rows(res: Results, metric: str) -> tuple[list[str], list[list[Any]]
     header = ["model", "variant", "n", metric, "CI", "± sd seeds", f"Δ vs {ref}", "Δ CI", "p"]
     rows = [[r["model"], r["variant"], r["n"], r["value"], r["ci"], r["seed_sd"], r["delta"], r["delta_ci"], r["p"]]
             for r in table_records(res, metric)]
+    what = res.details.get("variants")
+    if isinstance(what, dict) and what:  # the method says what each variant is (R4ec: VARIANT_INFO)
+        header.append("what it is")
+        for row in rows:
+            row.append(what.get(row[1], ""))
     return header, rows
 
 
@@ -308,7 +327,10 @@ def _run_section(view: RunView) -> tuple[str, str]:
           f"dataset {res.dataset} · protocol {res.protocol} · split `{res.split_checksum[:16]}` · run `{view.root}`",
           "", render_markdown(res)]
     h.append("<h3>Results</h3>")
-    for note in _warnings(res) + view.notes:  # a degenerate outcome is said where the numbers are read, not left to guess
+    said = result_warnings(res)
+    # the run's own warnings, except the results' ones it recorded too (said once, by result_warnings)
+    said += [w for w in view.run_warnings if w.removeprefix("results: ") not in said]
+    for note in said + view.notes:  # a degenerate outcome is said where the numbers are read, not left to guess
         h.append(f'<p class="warn">warning: {_esc(note)}</p>')
         md.insert(-1, f"> warning: {note}\n")
     for metric in _metrics(res):
@@ -352,7 +374,7 @@ def _run_section(view: RunView) -> tuple[str, str]:
     return "\n".join(h), "\n".join(md)
 
 
-def _warnings(res: Results) -> list[str]:
+def result_warnings(res: Results) -> list[str]:
     """What makes the table hard to read: no interval for lack of users, metrics undefined on every variant."""
     out = []
     all_rows = [r for r in res.rows if r.subgroup == "all"]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
+from ..progress import describe
 from .base import AdapterArg, Generation, Prompt, SequenceLogprob, as_messages, per_prompt_adapters
 from .constraints import ConstraintArg, constraint_key, per_prompt_constraints
 
@@ -144,7 +145,8 @@ class CachedLLM:
         if self.progress and todo:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(keys), initial=hits, desc=desc, unit="item", leave=False)
+            # the run's stage and step name the bar ("stage 4/6 infer · user refinement · reflect"); tqdm adds the ETA
+            bar = tqdm(total=len(keys), initial=hits, desc=describe(desc), unit="item", leave=False)
         start, tokens = time.perf_counter(), 0
 
         def rows_of(i: int, vals: list[Any]) -> list[tuple[str, str, str, Any]]:

@@ -80,13 +80,18 @@ def run_loaded(module: ModuleType, cfg, run_dir: str | Path | None = None,
     config's. The run holds the run directory's lock from before ``config.yaml`` is written to the end."""
     resolve_paths(cfg, run_dir, data_dir)
     check_experiment(module, cfg, source)
+    from ..progress import set_stage
+
     run = RunDir(cfg.run_dir)
-    with run.lock():
-        run.write_config(cfg)
-        try:
-            return module.run(cfg, run)
-        finally:
-            _record_precision(run)
+    try:
+        with run.lock():
+            run.write_config(cfg)
+            try:
+                return module.run(cfg, run)
+            finally:
+                _record_precision(run)
+    finally:
+        set_stage(None)  # later progress bars in this process (another run, a test) are not this run's
 
 
 def _record_precision(run: RunDir) -> None:

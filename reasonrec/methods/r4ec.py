@@ -78,11 +78,22 @@ from .. import io
 from ..config import DataSection, Section
 from ..eval import results as R
 from ..llm.base import LLMSection
+from ..progress import step as progress_step
 from ..runs import RunDir, config_fields
 from . import r4ec_steps as steps
 from .common import prepare_splits, train_knowledge_backbones
 
 VARIANTS = ("base", "kar", "r2ec", "r4ec_refine", "r4ec_filter")
+# what each row of the results is, one line each (the run's summary table and the report say it beside the value)
+VARIANT_INFO = {
+    "base": "the CTR backbone alone, no LLM knowledge",
+    "kar": "KAR: one answer of the un-tuned base model per user / item (System 1)",
+    "r2ec": "R²ec: one answer of the actor trained on D_reason only",
+    "r4ec_refine": "R4ec iterative refinement: actor → reflection → refine while judged unreasonable",
+    "r4ec_filter": "R4ec reflection as a filter: mean of the actor's samples the reflector judged reasonable",
+}
+# the run's stages in order, so that progress says "stage 4/6 infer"
+STAGES = ("data", "construct", "train", "infer", "encode", "rec")
 KNOWLEDGE_VARIANTS = VARIANTS[1:]
 # adapter role → construction sets it is trained on (Algorithm 1; eq. 7-9 actor, eq. 10 reflector; R4ec §4.1.4
 # R²ec: "only the obtained D_reason for training a single actor")
@@ -272,9 +283,13 @@ def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
                        cache=cfg.teacher.cache or run.root / "llm_cache.sqlite", **cfg.teacher.options)
     gen = steps.GenArgs(cfg.generation.max_new_tokens, 0.0, cfg.generation.max_attempts, cfg.data.seed,
                          cfg.generation.prime, constrain=_constrain(cfg.generation, teacher), domain=ctx.domain)
+    _warn_unconstrained(run, cfg.generation, gen, f"teacher {cfg.teacher.name}")
     branches, files = {}, []
     for side in ("user", "item"):
-        built = steps.construct(teacher, side, ctx.domain, ctx.cases(side, cfg.subset.construct_fraction), gen)
+        cases = ctx.cases(side, cfg.subset.construct_fraction)
+        with run.step(f"{side} Algorithm 1"):
+            built = steps.construct(teacher, side, ctx.domain, cases, gen)
+        _warn_construct(run, side, len(cases), built)
         for name in ("reason", "reflect", "refine"):
             io.write_parquet(st.path / f"{side}_{name}.parquet", pd.DataFrame(
                 getattr(built, name), columns=["key", "system", "prompt", "completion"]))
@@ -282,6 +297,23 @@ def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
         branches[side] = {**dict(built.branches), **built.parse.as_dict(), "constrained": int(gen.constrain)}
     st.complete(files, branches=branches)
     return branches
+
+
+def _warn_unconstrained(run: RunDir, g: GenerationSection, gen: steps.GenArgs, who: str) -> None:
+    if g.constrain is None and not gen.constrain:
+        run.warn(f"constraints unenforced: {who} does not enforce regex constraints, so answers are parsed "
+                 f"({g.max_attempts} attempt(s) each) and malformed ones counted, not prevented")
+
+
+def _warn_construct(run: RunDir, side: str, n_cases: int, built: steps.Constructed) -> None:
+    """Algorithm 1's degenerate outcomes, said when they happen: nothing kept, or a set left empty."""
+    sizes = {name: len(getattr(built, name)) for name in ("reason", "reflect", "refine")}
+    how = ", ".join(f"{k} {v}" for k, v in sorted(built.branches.items()) if v)
+    if not any(sizes.values()):
+        run.warn(f"Algorithm 1 kept nothing on the {side} side: 0 of {n_cases} cases ({how or 'no cases'}); "
+                 f"the {side} adapters are not trained and fall back to the base model")
+    elif empty := [k for k, v in sizes.items() if not v]:
+        run.warn(f"Algorithm 1 kept no {' / '.join(empty)} pairs on the {side} side ({how})")
 
 
 def sft_data(construct_dir: Path, side: str, role: str) -> pd.DataFrame:
@@ -309,6 +341,8 @@ def stage_train(cfg: Config, run: RunDir) -> dict[str, Path | None]:
             sets[name] = {"sets": list(SFT_SETS[role]), "keys": df["key"].tolist()}
             if df.empty:  # the teacher kept nothing: the role falls back to the base model (recorded)
                 adapters[name] = None
+                run.warn(f"adapter {name} not trained: no {' + '.join(SFT_SETS[role])} rows from Algorithm 1; "
+                         f"its role runs on the base model {cfg.train.base_model}")
                 continue
             if role == "r2ec" and len(sft_data(src, side, "actor")) == len(df):
                 # no refinement rows: the actor's data is D_reason alone, so its adapter is R²ec's too
@@ -343,12 +377,16 @@ def infer_side(llm, side: str, domain: str, entities: list, adapters: dict[str, 
         return f"{side}_{role}" if adapters.get(f"{side}_{role}") else None
 
     actor, reflector = name("actor"), name("reflect")
-    kar, kar_stats = steps.single_answer(llm, side, domain, entities, adapter=None, gen=gen)
-    r2ec, r2ec_stats = steps.single_answer(llm, side, domain, entities, adapter=name("r2ec"), gen=gen)
-    ref = steps.iterative_refinement(llm, side, domain, entities, actor=actor, reflector=reflector,
-                                     max_steps=g.max_refine_steps, gen=gen)
-    filt = steps.reflection_filter(llm, side, domain, entities, actor=actor, reflector=reflector,
-                                   k=g.filter_k, temperature=g.filter_temperature, gen=gen)
+    with progress_step(f"{side} kar"):
+        kar, kar_stats = steps.single_answer(llm, side, domain, entities, adapter=None, gen=gen)
+    with progress_step(f"{side} r2ec"):
+        r2ec, r2ec_stats = steps.single_answer(llm, side, domain, entities, adapter=name("r2ec"), gen=gen)
+    with progress_step(f"{side} refinement"):
+        ref = steps.iterative_refinement(llm, side, domain, entities, actor=actor, reflector=reflector,
+                                         max_steps=g.max_refine_steps, gen=gen)
+    with progress_step(f"{side} filter"):
+        filt = steps.reflection_filter(llm, side, domain, entities, actor=actor, reflector=reflector,
+                                       k=g.filter_k, temperature=g.filter_temperature, gen=gen)
     texts = {"kar": kar, "r2ec": r2ec, "r4ec_first": ref.first, "r4ec_refine": ref.final,
              "filter_samples": filt.samples, "filter_keep": filt.keep}
     n = max(len(entities), 1)
@@ -390,14 +428,31 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
     g = cfg.generation
     gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed, g.prime, constrain=_constrain(g, llm),
                         domain=ctx.domain)
+    _warn_unconstrained(run, g, gen, f"{cfg.train.infer_backend} {cfg.train.base_model}")
     stats, files = {}, []
     for side in ("user", "item"):
         ids, entities = ctx.entities(side)
         texts, stats[side] = infer_side(llm, side, ctx.domain, entities, adapters, g, gen)
+        _warn_infer(run, side, texts, stats[side])
         io.write_parquet(st.path / f"{side}.parquet", pd.DataFrame({"entity_id": ids, **texts}))
         files.append(f"{side}.parquet")
     st.complete(files, stats=stats)
     return stats
+
+
+def _warn_infer(run: RunDir, side: str, texts: dict[str, Any], stats: dict[str, Any]) -> None:
+    """Inference outcomes that make a variant mean something else than its name: no text refined, or a
+    variant whose every answer is empty (malformed after retries), so its knowledge encodes the empty string."""
+    n = stats["entities"]
+    if n and texts["r4ec_refine"] == texts["r4ec_first"]:
+        run.warn(f"refinement changed no {side} text: r4ec_refine is the actor's first answer for all {n} "
+                 f"{side}s ({stats['refined']} refined; judged unreasonable: {stats['unreasonable_before']:.0%})")
+    for variant in ("kar", "r2ec", "r4ec_refine"):
+        if n and not any(texts[variant]):
+            run.warn(f"every {side} answer of {variant} is empty (malformed after retries): its {side} "
+                     f"knowledge is the encoding of the empty text")
+    if n and not any(t for row in texts["filter_samples"] for t in row):
+        run.warn(f"every r4ec_filter {side} sample is empty: the filter falls back to the refined answer")
 
 
 def filter_pool(emb: np.ndarray, keep: np.ndarray, parsed: np.ndarray, fallback: np.ndarray
@@ -486,10 +541,28 @@ def write_results(cfg: Config, run: RunDir, ctx, details: dict) -> R.Results:
     R.write_results(run.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                              stage_seconds=_stage_seconds(run)))
     io.write_text(run.root / "results.md", results_table(res))
+    from ..eval.report import result_warnings
+
+    run.clear_warnings("results")  # said again for these results
+    for message in result_warnings(res):
+        run.warn(message, stage="results")
     return res
 
 
+def variant_lines(infer_stats: dict[str, Any]) -> dict[str, str]:
+    """:data:`VARIANT_INFO`, with the adapters that fell back to the base model said on their variant's line."""
+    roles = {"r2ec": ("r2ec",), "r4ec_refine": ("actor", "reflector"), "r4ec_filter": ("actor", "reflector")}
+    out = dict(VARIANT_INFO)
+    for variant, need in roles.items():
+        missing = [f"{side} {role}" for side, st in infer_stats.items() for role in need
+                   if not (st.get("adapters") or {}).get(role)]
+        if missing:
+            out[variant] += f" — untrained, base model for: {', '.join(missing)}"
+    return out
+
+
 def run(cfg: Config, run_dir: RunDir) -> dict:
+    run_dir.stages = list(STAGES)
     ctx = prepare_splits(cfg.data, run_dir, subset=cfg.subset)
     branches = stage_construct(cfg, run_dir, ctx)
     adapters = stage_train(cfg, run_dir)
@@ -502,6 +575,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     details = {"data": data, "branches": branches, "inference": infer_stats,
                "encode": run_dir.stage("encode").info().get("counts", {}),
                "connectors": {"base": None, **cfg.rec.connectors},
+               "variants": variant_lines(infer_stats),
                "knowledge_window": cfg.subset.knowledge_window,
                # the report's text tables (reasonrec.eval.report): each variant's knowledge per user / item
                "report_texts": [{"path": f"infer/{side}.parquet", "id_column": "entity_id",

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from ..llm.parsers import ParseStats, generate_parsed, parse_judgement, parse_reasoned
 from ..llm.prompts import render
+from ..progress import step as progress_step
 
 Side = Literal["user", "item"]
 # The field each side's templates read the knowledge from, and the output tags of the actor.
@@ -75,12 +76,13 @@ def _ask(llm, side: Side, step: str, prompts: list, parser, gen: GenArgs, with_t
 
         kwargs["constraint"] = task_spec(f"r4ec_{side}_{step}", gen.domain, with_target=with_target,
                                          max_new_tokens=kwargs.get("max_new_tokens", gen.max_new_tokens)).constraint
-    if not gen.prime:
-        return generate_parsed(llm, prompts, parser, **{**gen.kwargs(), **kwargs})
-    tag = f"<{OPENING_TAG[step][side]}>"
-    primed = [[*p, {"role": "assistant", "content": tag}] for p in prompts]
-    # the prefix is not part of the generated text; the parser reads the whole answer
-    return generate_parsed(llm, primed, lambda text: parser(tag + text), **{**gen.kwargs(), **kwargs})
+    with progress_step(step):  # the progress bar says which step it is ("… · user refinement · reflect")
+        if not gen.prime:
+            return generate_parsed(llm, prompts, parser, **{**gen.kwargs(), **kwargs})
+        tag = f"<{OPENING_TAG[step][side]}>"
+        primed = [[*p, {"role": "assistant", "content": tag}] for p in prompts]
+        # the prefix is not part of the generated text; the parser reads the whole answer
+        return generate_parsed(llm, primed, lambda text: parser(tag + text), **{**gen.kwargs(), **kwargs})
 
 
 def reasoned_text(side: Side, knowledge: str, refined: bool = False) -> str:
@@ -253,8 +255,9 @@ def reflection_filter(llm, side: Side, domain: str, entities: Sequence[dict[str,
     prompts = [prompt(side, "reason", domain, e, with_target=False) for e in entities]
     samples: list[list[str]] = []
     for s in range(k):  # one seed per sample index, so every sample is cached on its own
-        got = _ask(llm, side, "reason", prompts, _knowledge_parser, gen, adapter=actor, stats=stats,
-                   temperature=temperature, seed=gen.seed + 1000 * (s + 1))
+        with progress_step(f"sample {s + 1}/{k}"):
+            got = _ask(llm, side, "reason", prompts, _knowledge_parser, gen, adapter=actor, stats=stats,
+                       temperature=temperature, seed=gen.seed + 1000 * (s + 1))
         for i, r in enumerate(got):
             if s == 0:
                 samples.append([])
