@@ -50,7 +50,7 @@ def resolve_model_path(name: str) -> str:
 
     if name == bundled.SMOLLM2:
         return str(bundled.smollm2_hf_dir())
-    if name == "tiny":
+    if name in ("tiny", "tiny-random"):  # "tiny-random" is the LLM backends' alias of the same model
         return str(bundled.tiny_model())
     return name
 
