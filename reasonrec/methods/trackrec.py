@@ -89,17 +89,20 @@ class ModelSection(Section):
 
 
 class DistillSection(TrainerSection):
-    """§3.5. Fields: fraction (paper: "about 5%" of the training samples); max_new_tokens of a teacher CoT."""
+    """§3.5. Fields: fraction (paper: "about 5%" of the training samples); max_new_tokens of a teacher CoT;
+    temperature of the teacher (0 = greedy)."""
 
     fraction: float = Field(0.05, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=8)
+    temperature: float = Field(0.0, ge=0)
     epochs: float = Field(3.0, gt=0)
 
 
 class AlignSection(TrainerSection):
     """Alg. 1 + eq. 4. Fields: n, temperature, top_p (§4.1.4: 10, 1.0, 0.9); max_new_tokens per CoT (also the
     greedy CoTs'); samples: train samples sampled for feedback each round (``None`` = all); beta: β of eq. 4
-    (TrackRec official code 0.1); tie_tol: rewards closer than this are ties (:func:`~.trackrec_steps.build_preferences`)."""
+    (TrackRec official code 0.1); tie_tol: rewards closer than this are ties (:func:`~.trackrec_steps.build_preferences`);
+    cot_temperature: decoding of the per-round CoTs, 0 = greedy (§3.3); > 0 only for random-weight smoke models."""
 
     n: int = Field(10, ge=2)
     temperature: float = Field(1.0, gt=0)
@@ -108,6 +111,7 @@ class AlignSection(TrainerSection):
     samples: int | None = Field(None, ge=1)
     beta: float = Field(0.1, gt=0)
     tie_tol: float = Field(1e-6, ge=0)
+    cot_temperature: float = Field(0.0, ge=0)
     batch_size: int = Field(2, ge=1)
 
 
@@ -166,6 +170,7 @@ class Ctx:
     fields: dict[str, list[dict]]
     adapters: dict[str, Path] = dataclasses.field(default_factory=dict)
     _llm: Any = None
+    _served: set[str] = dataclasses.field(default_factory=set)
 
     def llm(self):
         """The base model behind the cache, loaded once (again after a training released it)."""
@@ -175,24 +180,26 @@ class Ctx:
             m = self.cfg.model
             opts = {**m.options, **({"adapters": dict(self.adapters)} if m.backend == "vllm" else {})}
             self._llm = load_llm(m.name, backend=m.backend, cache=self.run.root / "llm_cache.sqlite", **opts)
+            self._served = set(self.adapters) if m.backend == "vllm" else set()
         return self._llm
 
     def adapter(self, name: str) -> str | None:
         """An adapter name for a call (``base`` = none), loaded into the LLM on first use."""
         if name == "base":
             return None
-        llm = self.llm()
-        if name not in getattr(llm, "adapters", []):
+        self.llm()
+        if name not in self._served:
             if self.cfg.model.backend == "vllm":  # vLLM registers LoRA adapters when the engine starts
                 self.release()
-                llm = self.llm()
+                self.llm()
             else:
-                llm.load_adapter(name, self.adapters[name])
+                self._llm.load_adapter(name, self.adapters[name])
+                self._served.add(name)
         return name
 
     def release(self) -> None:
         """Free the inference model before a training run loads its own copy."""
-        self._llm = None
+        self._llm, self._served = None, set()
         gc.collect()
 
 
@@ -267,7 +274,7 @@ def stage_distill(ctx: Ctx) -> str:
         teacher = load_llm(cfg.teacher.name, backend=cfg.teacher.backend,
                            cache=cfg.teacher.cache or ctx.run.root / "llm_cache.sqlite", **cfg.teacher.options)
         cots = steps.teacher_cots(teacher, ctx.domain, fields, max_new_tokens=cfg.distill.max_new_tokens,
-                                  seed=cfg.data.seed)
+                                  seed=cfg.data.seed, temperature=cfg.distill.temperature)
         io.write_parquet(st.path / "sft.parquet", pd.DataFrame({
             "sample": train["sample"].iloc[idx].tolist(),
             "prompt": [steps.cot_prompt(ctx.domain, f) for f in fields], "completion": cots}))
@@ -320,8 +327,10 @@ def stage_cots(ctx: Ctx, g: str) -> pd.DataFrame:
     if not st.done:
         parts = []
         for split in ("train", "test"):
+            a = ctx.cfg.align
             texts, tokens = steps.greedy_cots(ctx.llm(), ctx.domain, ctx.fields[split], generator=ctx.adapter(g),
-                                              max_new_tokens=ctx.cfg.align.max_new_tokens)
+                                              max_new_tokens=a.max_new_tokens, temperature=a.cot_temperature,
+                                              seed=ctx.cfg.data.seed)
             parts.append(pd.DataFrame({"split": split, "sample": getattr(ctx.splits, split)["sample"].tolist(),
                                        "cot": texts, "tokens": tokens}))
         io.write_parquet(st.path / "cots.parquet", pd.concat(parts, ignore_index=True))
@@ -395,7 +404,8 @@ def _round_row(ctx: Ctx, arm: str, r: int, g: str, v: str, feedback: dict | None
             "v_auc_ci": steps.user_bootstrap_auc(preds["user_id"].to_numpy(), y, p, seed=ctx.cfg.data.seed),
             "ctr": {b: {k: m[k] for k in ("auc", "acc", "logloss")} for b, m in stage_ctr(ctx, g).items()},
             "reward_chosen": fb.get("reward_chosen"), "reward_rejected": fb.get("reward_rejected"),
-            "skipped_share": fb.get("skipped_share"), "cot_tokens": float(cots["tokens"].mean())}
+            "skipped_share": fb.get("skipped_share"), "cot_tokens": float(cots["tokens"].mean()),
+            "cot_empty_share": float((cots["cot"].str.len() == 0).mean())}
 
 
 def run_arm(ctx: Ctx, arm: str, g0: str | None) -> list[dict]:
@@ -433,6 +443,12 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
             baselines[name] = {"v_auc": metrics.auc(y, p), "v_acc": metrics.accuracy(y, p), "v_auc_ci":
                                steps.user_bootstrap_auc(preds["user_id"].to_numpy(), y, p, seed=cfg.data.seed)}
     baselines["kar"] = {"ctr": arms["trackrec"][0]["ctr"]}   # the un-aligned round-0 CoT in the backbones
+    # V's per-sample scores in the shared results schema's columns, so any interval can be recomputed
+    runs = [(f"{r['arm']}/r{r['round']}", r["G"], r["V"]) for rows in arms.values() for r in rows]
+    runs += [(k, None, {"zero_shot": "base", "tallrec": "tallrec"}[k]) for k in ("zero_shot", "tallrec") if k in baselines]
+    io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(
+        [stage_eval(ctx, g, v).assign(model="validator", variant=name, seed=0) for name, g, v in runs],
+        ignore_index=True)[["model", "variant", "seed", "sample", "user_id", "label", "score"]])
     data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test),
             "test_users": int(ctx.splits.test["user_id"].nunique())}
     summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines}

@@ -152,9 +152,11 @@ def sample_feedback(llm, domain: str, fields: Sequence[dict[str, Any]], labels: 
 
 
 def greedy_cots(llm, domain: str, fields: Sequence[dict[str, Any]], *, generator: str | None,
-                max_new_tokens: int) -> tuple[list[str], list[int]]:
-    """§3.3 / §3.4: G's greedy CoT per sample (for Rec-tuning, V's evaluation and the CTR field)."""
-    gens = llm.generate([cot_prompt(domain, f) for f in fields], n=1, temperature=0.0,
+                max_new_tokens: int, temperature: float = 0.0, seed: int = 0) -> tuple[list[str], list[int]]:
+    """§3.3 / §3.4: G's greedy CoT per sample (for Rec-tuning, V's evaluation and the CTR field);
+    ``temperature`` > 0 samples one seeded CoT instead (smoke runs on a random model, whose argmax is a special
+    token that decodes to nothing)."""
+    gens = llm.generate([cot_prompt(domain, f) for f in fields], n=1, temperature=temperature, seed=seed,
                         max_new_tokens=max_new_tokens, adapter=generator)
     return [g.text.strip() for g in gens], [int(g.completion_tokens[0]) for g in gens]
 
@@ -167,9 +169,9 @@ def v_scores(llm, prompts: Sequence[str], validator: str | None) -> np.ndarray:
 
 
 def teacher_cots(teacher, domain: str, fields: Sequence[dict[str, Any]], *, max_new_tokens: int,
-                 seed: int) -> list[str]:
-    """§3.5: the teacher's RecCoT per distillation sample (greedy)."""
-    gens = teacher.generate([cot_prompt(domain, f) for f in fields], n=1, temperature=0.0,
+                 seed: int, temperature: float = 0.0) -> list[str]:
+    """§3.5: the teacher's RecCoT per distillation sample (greedy unless ``temperature`` > 0)."""
+    gens = teacher.generate([cot_prompt(domain, f) for f in fields], n=1, temperature=temperature,
                             max_new_tokens=max_new_tokens, seed=seed)
     return [g.text.strip() for g in gens]
 
