@@ -1,8 +1,9 @@
-"""TrackRec end to end: configs/trackrec/smoke.yaml as shipped (tiny random model for teacher, G and V; real ML-100K
-samples), killed with SIGKILL while round 1 samples CoTs, then resumed in-process.
+"""TrackRec end to end on real ML-100K samples with the tiny random model (real tokenizer) as teacher, G and V.
 
-Checks: no CoT (or V score) is computed twice across the kill; every stage ran; G and V were really trained
-(their LoRA weights changed, round 2 continues from round 1); results carry every round, ablation and baseline.
+- One full round, SIGKILLed while round 1 samples CoTs and resumed in-process: no CoT (or V score) is computed
+  twice; G and V were really trained (their LoRA weights changed; G₁ differs from its reference G₀).
+- ``slow``: configs/trackrec/smoke.yaml as shipped (two rounds, ablations, baselines): round 2 continues from
+  round 1; every arm and baseline is evaluated on the same test samples.
 """
 
 from __future__ import annotations
@@ -60,16 +61,33 @@ def _kill_in_round_1(config: Path, run: Path, data_dir: Path) -> int:
     return committed
 
 
-def test_smoke_config_killed_in_round_1_resumes_without_resampling(tmp_path, ml100k_dir, monkeypatch):
+def _config(tmp_path: Path, **overrides) -> tuple[Path, Path]:
     run = tmp_path / "run"
-    cfg = yaml.safe_load(CONFIG.read_text())
-    cfg["run_dir"] = str(run)
-    cfg["model"]["options"] = {"batch_size": 2}   # small cache chunks, so the kill lands between two commits
-    path = tmp_path / "smoke.yaml"
+    cfg = {**yaml.safe_load(CONFIG.read_text()), "run_dir": str(run), **overrides}
+    path = tmp_path / "trackrec.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    committed = {k: _rows(run / "llm_cache.sqlite", k) for k in ("generate", "choice_probs")}
-    committed["generate"] = _kill_in_round_1(path, run, ml100k_dir)
-    committed["choice_probs"] = _rows(run / "llm_cache.sqlite", "choice_probs")
+    return path, run
+
+
+def _trained(folder: Path) -> dict:
+    tensors = adapter_weights(folder / "adapter")
+    # a fresh LoRA has B = 0: a non-zero B means the trainer moved it
+    assert any(float(t.abs().sum()) > 0 for k, t in tensors.items() if "lora_B" in k), folder
+    return tensors
+
+
+def _differ(a: dict, b: dict) -> bool:
+    assert a.keys() == b.keys()
+    return any(not np.allclose(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_one_round_killed_mid_feedback_resumes_without_resampling(tmp_path, ml100k_dir, monkeypatch):
+    """One full tiny round (distillation → Alg. 1 → S-DPO → CoTs → Rec-tuning → V and DIN), SIGKILLed while
+    round 1 samples CoTs, then resumed: every LLM row computed after the kill is a new cache row."""
+    model = {**yaml.safe_load(CONFIG.read_text())["model"], "options": {"batch_size": 2}}  # kill between commits
+    path, run = _config(tmp_path, rounds=1, ablations=[], baselines=[], model=model)
+    committed = {"generate": _kill_in_round_1(path, run, ml100k_dir),
+                 "choice_probs": _rows(run / "llm_cache.sqlite", "choice_probs")}
 
     computed = {"generate": 0, "choice_probs": 0}   # what the resumed run asks the model for
     real_generate, real_choice = hf.TransformersLLM.generate, hf.TransformersLLM.choice_probs
@@ -86,33 +104,37 @@ def test_smoke_config_killed_in_round_1_resumes_without_resampling(tmp_path, ml1
     monkeypatch.setattr(hf.TransformersLLM, "choice_probs", choice_probs)
     summary = run_experiment(path, data_dir=ml100k_dir)
 
-    for kind in ("generate", "choice_probs"):   # each row computed after the kill is new: none was redone
+    for kind in ("generate", "choice_probs"):   # none of the rows committed before the kill was computed again
         assert computed[kind] > 0
         assert committed[kind] + computed[kind] == _rows(run / "llm_cache.sqlite", kind)
-
-    # every stage of Alg. 2 ran, and both models were trained and inherited
-    train = run / "train"
-    w = {name: adapter_weights(train / name / "adapter") for name in
-         ("G0", "trackrec-G1", "trackrec-G2", "trackrec-V1", "trackrec-V2", "tallrec")}
-    for name, tensors in w.items():   # a fresh LoRA has B = 0: non-zero B means the trainer moved it
-        assert any(float(t.abs().sum()) > 0 for k, t in tensors.items() if "lora_B" in k), name
-    for a, b in (("G0", "trackrec-G1"), ("trackrec-G1", "trackrec-G2"), ("trackrec-V1", "trackrec-V2")):
-        assert w[a].keys() == w[b].keys()
-        assert any(not np.allclose(w[a][k].numpy(), w[b][k].numpy()) for k in w[a]), (a, b)
-    assert not (train / "no_rectune-V1").exists()   # the ablation never tunes V
-
-    arms = summary["arms"]
-    assert [r["round"] for r in arms["trackrec"]] == [0, 1, 2]
-    assert set(arms) == {"trackrec", "no_align", "no_distill", "no_rectune"}
-    assert arms["no_distill"][0]["G"] == "base" and arms["no_align"][1]["G"] == "G0"
-    for r in [x for rows in arms.values() for x in rows]:
-        assert 0 <= r["v_auc"] <= 1 and r["v_auc_ci"][0] <= r["v_auc_ci"][1]
-        assert r["ctr"]["din"]["logloss"] > 0 and r["cot_tokens"] > 0
-    r1 = arms["trackrec"][1]
+    g0, g1 = _trained(run / "train" / "G0"), _trained(run / "train" / "trackrec-G1")
+    assert _differ(g0, g1)                            # S-DPO moved G away from its reference G₀
+    _trained(run / "train" / "trackrec-V1")
+    (r0, r1), = [summary["arms"]["trackrec"]]
+    assert (r0["G"], r0["V"], r1["G"], r1["V"]) == ("G0", "base", "trackrec-G1", "trackrec-V1")
     assert 0 <= r1["skipped_share"] <= 1 and r1["reward_chosen"] >= r1["reward_rejected"]
+    for r in (r0, r1):
+        assert 0 <= r["v_auc"] <= 1 and r["v_auc_ci"][0] <= r["v_auc_ci"][1]
+        assert r["ctr"]["din"]["logloss"] > 0 and r["cot_tokens"] > 0 and r["cot_empty_share"] < 1
+
+
+@pytest.mark.slow
+def test_smoke_config_end_to_end(tmp_path, ml100k_dir):
+    """The shipped smoke config: two rounds, the three ablations and the three baselines on the same samples."""
+    path, run = _config(tmp_path)
+    summary = run_experiment(path, data_dir=ml100k_dir)
+    train = run / "train"
+    w = {n: _trained(train / n) for n in ("G0", "trackrec-G1", "trackrec-G2", "trackrec-V1", "trackrec-V2",
+                                          "no_align-V1", "no_distill-G1", "no_distill-V1", "tallrec")}
+    assert _differ(w["trackrec-G1"], w["trackrec-G2"]) and _differ(w["trackrec-V1"], w["trackrec-V2"])
+    assert not (train / "no_rectune-V1").exists()   # the ablation never tunes V
+    arms = summary["arms"]
+    assert set(arms) == {"trackrec", "no_align", "no_distill", "no_rectune"}
+    assert [r["round"] for r in arms["trackrec"]] == [0, 1, 2]
+    assert arms["no_distill"][0]["G"] == "base" and arms["no_align"][1]["G"] == "G0"
+    assert arms["no_rectune"][1]["V"] == "base"
     assert set(summary["baselines"]) == {"backbone", "tallrec", "zero_shot", "kar"}
     assert summary["baselines"]["kar"]["ctr"] == arms["trackrec"][0]["ctr"]
-    assert all(r["cot_empty_share"] < 1 for r in arms["trackrec"])   # the CoT field carries text
     preds = pd.read_parquet(run / "predictions.parquet")
     assert preds.groupby("variant").size().eq(summary["data"]["test"]).all()   # same test samples everywhere
     assert {"trackrec/r2", "no_rectune/r1", "zero_shot", "tallrec"} <= set(preds["variant"])
