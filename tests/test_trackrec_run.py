@@ -20,18 +20,20 @@ import pandas as pd
 import pytest
 import yaml
 
-from reasonrec.llm import hf
+from reasonrec.llm import cache
 from reasonrec.methods import run_experiment
 from reasonrec.train.common import adapter_weights
 
 CONFIG = Path(__file__).parents[1] / "configs" / "trackrec" / "smoke.yaml"
 
 
-def _rows(path: Path, kind: str) -> int:
+def _rows(path: Path, kind: str | None) -> int:
     if not path.exists():
         return 0
     with sqlite3.connect(path, timeout=30) as conn:
         try:
+            if kind is None:
+                return conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
             return conn.execute("SELECT COUNT(*) FROM entries WHERE kind = ?", (kind,)).fetchone()[0]
         except sqlite3.OperationalError:   # the table is not created yet
             return 0
@@ -86,27 +88,25 @@ def test_one_round_killed_mid_feedback_resumes_without_resampling(tmp_path, ml10
     round 1 samples CoTs, then resumed: every LLM row computed after the kill is a new cache row."""
     model = {**yaml.safe_load(CONFIG.read_text())["model"], "options": {"batch_size": 2}}  # kill between commits
     path, run = _config(tmp_path, rounds=1, ablations=[], baselines=[], model=model)
-    committed = {"generate": _kill_in_round_1(path, run, ml100k_dir),
-                 "choice_probs": _rows(run / "llm_cache.sqlite", "choice_probs")}
+    _kill_in_round_1(path, run, ml100k_dir)
+    with sqlite3.connect(run / "llm_cache.sqlite", timeout=30) as conn:   # read after the process is gone
+        committed = {k: kind for k, kind in conn.execute("SELECT key, kind FROM entries")}
+    assert sum(k == "generate" for k in committed.values()) > 6   # the teacher's CoTs and some of round 1's
 
-    computed = {"generate": 0, "choice_probs": 0}   # what the resumed run asks the model for
-    real_generate, real_choice = hf.TransformersLLM.generate, hf.TransformersLLM.choice_probs
+    written: list[tuple[str, str]] = []   # every row the resumed run computes and commits
+    real_put = cache.GenerationCache.put_many
 
-    def generate(self, prompts, n=1, **kw):
-        computed["generate"] += len(prompts) * n
-        return real_generate(self, prompts, n=n, **kw)
+    def put_many(self, rows):
+        written.extend((key, kind) for key, kind, _, _ in rows)
+        return real_put(self, rows)
 
-    def choice_probs(self, prompts, *a, **kw):
-        computed["choice_probs"] += len(prompts)
-        return real_choice(self, prompts, *a, **kw)
-
-    monkeypatch.setattr(hf.TransformersLLM, "generate", generate)
-    monkeypatch.setattr(hf.TransformersLLM, "choice_probs", choice_probs)
+    monkeypatch.setattr(cache.GenerationCache, "put_many", put_many)
     summary = run_experiment(path, data_dir=ml100k_dir)
 
-    for kind in ("generate", "choice_probs"):   # none of the rows committed before the kill was computed again
-        assert computed[kind] > 0
-        assert committed[kind] + computed[kind] == _rows(run / "llm_cache.sqlite", kind)
+    # no CoT and no V score committed before the kill was computed again; the rest of round 1 was
+    assert written and not {k for k, _ in written} & set(committed)
+    assert {kind for _, kind in written} == {"generate", "choice_probs"}
+    assert len(committed) + len({k for k, _ in written}) == _rows(run / "llm_cache.sqlite", None)
     g0, g1 = _trained(run / "train" / "G0"), _trained(run / "train" / "trackrec-G1")
     assert _differ(g0, g1)                            # S-DPO moved G away from its reference G₀
     _trained(run / "train" / "trackrec-V1")

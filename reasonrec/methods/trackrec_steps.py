@@ -4,8 +4,9 @@ chosen / rejected construction of eq. 2, greedy CoTs for Rec-tuning and V as a r
 - :func:`feedback_rewards` is eq. 1 and :func:`build_preferences` eq. 2; both are plain functions of numbers and
   texts (no model), so ties and all-equal groups are tested on fixed probabilities.
 - :func:`sample_feedback` is Algorithm 1's loop: G samples N CoTs per sample (one ``generate`` call with
-  ``n=N``; on the transformers backend the N rows of a prompt share its prefix), V scores each CoT with
-  ``choice_probs`` on the recommendation prompt (one forward pass, no generation).
+  ``n=N``; the transformers backend runs them as N rows of one batch, each re-reading the prompt: it does not share
+  the prompt's KV cache yet), V scores each CoT with ``choice_probs`` on the recommendation prompt (one forward
+  pass, no generation).
 
 Every call goes through the run's generation cache (``CachedLLM``), which commits per chunk: a killed run resumes
 without sampling a committed CoT again.
