@@ -23,3 +23,7 @@ class BackendError(ReasonRecError):
 
 class StageError(ReasonRecError):
     """A pipeline stage found inconsistent artifacts in its run directory."""
+
+
+class RunLockedError(StageError):
+    """Another process is running in the same run directory."""

@@ -21,26 +21,18 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from _data_files import ML100K_FILES, copy_ml100k
 
 from reasonrec.data import DataWarning, fetch, load_tables, make_splits
 from reasonrec.data.sources import redact_url
 from reasonrec.errors import DataError
 
 PROTOCOLS = ("collm", "kar", "starec", "tallrec")
-ML100K_FILES = ("u.data", "u.item", "u.user", "u.genre", "u.info")
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REASONREC_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def _ml100k(src, root):
-    d = root / "ml-100k"
-    d.mkdir(parents=True)
-    for f in ML100K_FILES:
-        shutil.copy(src / f, d / f)
-    return d
 
 
 def _reviews(amazon_dir) -> list[str]:
@@ -105,7 +97,7 @@ def test_html_in_amazon_metadata_is_extracted_and_non_titles_replaced(amazon_dir
 def repeats_dir(ml100k_dir, tmp_path_factory):
     """ML-100K plus a second, later rating of every user's most recent item (and two ties for user 1)."""
     root = tmp_path_factory.mktemp("repeats")
-    d = _ml100k(ml100k_dir, root)
+    d = copy_ml100k(ml100k_dir, root)
     raw = pd.read_csv(d / "u.data", sep="\t", names=["u", "i", "r", "t"])
     last = raw.loc[raw.sort_values(["u", "t"], kind="stable").groupby("u").tail(1).index]
     extra = [f"{r.u}\t{r.i}\t5\t{r.t + 60}\n" for r in last.itertuples()]
@@ -205,7 +197,7 @@ def test_missing_meta_file_warns_naming_it_every_time(amazon_dir, tmp_path):
     ("u.data", 99_000, "ratings", "100,000"), ("u.item", 1_600, "items", "1,682"), ("u.user", 900, "users", "943"),
 ])
 def test_ml100k_cut_at_a_line_break_is_caught_by_u_info(ml100k_dir, tmp_path, name, keep, what, stated):
-    d = _ml100k(ml100k_dir, tmp_path)
+    d = copy_ml100k(ml100k_dir, tmp_path)
     lines = (d / name).read_bytes().split(b"\n")
     (d / name).write_bytes(b"\n".join(lines[:keep]) + b"\n")
     with pytest.raises(DataError, match=rf"{re.escape(name)}: {keep:,} {what}, but .*u\.info states {stated}"):
@@ -213,7 +205,7 @@ def test_ml100k_cut_at_a_line_break_is_caught_by_u_info(ml100k_dir, tmp_path, na
 
 
 def test_ml100k_without_u_info_warns_that_counts_are_unchecked(ml100k_dir, tmp_path):
-    d = _ml100k(ml100k_dir, tmp_path)
+    d = copy_ml100k(ml100k_dir, tmp_path)
     (d / "u.info").unlink()
     with pytest.warns(DataWarning, match=r"u\.info not found"):
         assert len(load_tables("ml-100k", tmp_path, cache=False).interactions) == 100_000
@@ -237,7 +229,7 @@ def test_ml1m_readme_counts_are_checked(shared_data, tmp_path):
     ("196\t1999\t3\t881250949\n", r"u\.data:3: movie 1999 is not in u\.item"),
 ])
 def test_implausible_ratings_lines_are_rejected(ml100k_dir, tmp_path, line, words):
-    d = _ml100k(ml100k_dir, tmp_path)
+    d = copy_ml100k(ml100k_dir, tmp_path)
     lines = (d / "u.data").read_text().splitlines(keepends=True)
     lines[2] = line  # same line count, so u.info agrees
     (d / "u.data").write_text("".join(lines))
@@ -261,7 +253,7 @@ def _stray_byte(d):
 
 @pytest.mark.parametrize("corrupt, words", [(_empty, "the file is empty"), (_stray_byte, "non-ASCII byte 0xff")])
 def test_empty_or_non_utf8_u_data_is_one_data_error(ml100k_dir, tmp_path, corrupt, words):
-    path = corrupt(_ml100k(ml100k_dir, tmp_path))
+    path = corrupt(copy_ml100k(ml100k_dir, tmp_path))
     with pytest.raises(DataError, match=words) as err:
         load_tables("ml-100k", tmp_path, cache=False)
     _one_line_error_naming(err.value, path)
@@ -298,7 +290,7 @@ def test_corrupt_member_of_the_official_zip_is_one_data_error(ml100k_dir, tmp_pa
 
 
 def test_cli_prints_one_line_for_a_broken_file(ml100k_dir, tmp_path):
-    path = _empty(_ml100k(ml100k_dir, tmp_path / "data"))
+    path = _empty(copy_ml100k(ml100k_dir, tmp_path / "data"))
     env = {**os.environ, "REASONREC_CACHE_DIR": str(tmp_path / "cache")}
     r = subprocess.run([sys.executable, "-m", "reasonrec", "data", "tables", "-d", "ml-100k", "--data-dir",
                         str(tmp_path / "data")], capture_output=True, text=True, env=env, timeout=120)
@@ -309,7 +301,7 @@ def test_cli_prints_one_line_for_a_broken_file(ml100k_dir, tmp_path):
 # ---------------------------------------------------------------- the table cache is keyed by content
 
 def test_same_size_same_mtime_edit_is_not_served_from_the_cache(ml100k_dir, tmp_path):
-    d = _ml100k(ml100k_dir, tmp_path)
+    d = copy_ml100k(ml100k_dir, tmp_path)
     first = load_tables("ml-100k", tmp_path)
     st = os.stat(d / "u.data")
     data = (d / "u.data").read_bytes()

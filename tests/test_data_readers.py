@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from _data_files import copy_ml100k
 
 from reasonrec.data import load_tables, synthetic_world
 from reasonrec.data.schema import INTERACTION_COLUMNS, ITEM_COLUMNS
@@ -20,14 +21,6 @@ ML100K_SHA256 = "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca49
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("REASONREC_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def _copy_ml100k(src, dst):
-    d = dst / "ml-100k"
-    d.mkdir(parents=True)
-    for f in ("u.data", "u.item", "u.user", "u.genre", "u.info"):
-        shutil.copy(src / f, d / f)
-    return d
 
 
 def test_ml100k_tables_match_the_published_counts(ml100k_dir):
@@ -49,7 +42,7 @@ def test_ml100k_tables_match_the_published_counts(ml100k_dir):
 
 
 def test_table_cache_is_reused_and_invalidated(ml100k_dir, tmp_path):
-    d = _copy_ml100k(ml100k_dir, tmp_path / "data")
+    d = copy_ml100k(ml100k_dir, tmp_path / "data")
     first = load_tables("ml-100k", d.parent)
     cached = list((tmp_path / "cache" / "tables").iterdir())
     assert len(cached) == 1 and (cached[0] / "interactions.parquet").is_file()
@@ -73,7 +66,7 @@ def test_table_cache_is_reused_and_invalidated(ml100k_dir, tmp_path):
     ("1\t2\t9\t881250949\n", 3, "rating out of range"),
 ])
 def test_malformed_line_names_file_and_line(ml100k_dir, tmp_path, bad, lineno, words):
-    d = _copy_ml100k(ml100k_dir, tmp_path / "data")
+    d = copy_ml100k(ml100k_dir, tmp_path / "data")
     lines = (d / "u.data").read_text().splitlines(keepends=True)
     (d / "u.data").write_text("".join(lines[:2]) + bad + "".join(lines[2:10]))
     with pytest.raises(DataError, match=rf"u\.data:{lineno}: {words}"):
@@ -81,7 +74,7 @@ def test_malformed_line_names_file_and_line(ml100k_dir, tmp_path, bad, lineno, w
 
 
 def test_truncated_last_line(ml100k_dir, tmp_path):
-    d = _copy_ml100k(ml100k_dir, tmp_path / "data")
+    d = copy_ml100k(ml100k_dir, tmp_path / "data")
     data = (d / "u.data").read_bytes()[:1000]  # cut in the middle of a line
     (d / "u.data").write_bytes(data)
     n = data.count(b"\n") + 1

@@ -1,26 +1,39 @@
 """One battery of behaviour checks run against every LLM backend (scikit-learn's ``parametrize_with_checks`` idea).
 
 Backends: transformers on the tiny random model; llama.cpp on the bundled GGUF; the OpenAI-compatible backend
-against a real ``python -m llama_cpp.server`` on 127.0.0.1 serving the bundled GGUF; vLLM on the tiny model.
-Each is skipped, with the reason, when its library is not importable.
+against a real llama.cpp server (``python -m reasonrec.llm.llamacpp_server``, llama-cpp-python's server with the
+backend's model params) on 127.0.0.1 serving the bundled GGUF; vLLM on the tiny model. Each is skipped, with the
+reason, when its library is not importable.
+
+Every test that runs llama.cpp in the test process is marked ``own_process`` (tests/conftest.py: it runs in a
+forked child): a native crash inside llama.cpp (issue 12: a segfault on AMX CPUs) is then reported as a failure of
+that test, by name, and the suite goes on to its summary, instead of the whole run dying with exit 139.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
+import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import httpx
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from reasonrec.errors import BackendError
 from reasonrec.llm.base import LLM, Generation, load_llm
 
-BACKENDS = ["transformers", "llamacpp", "openai", "vllm"]
+# In a child process of its own (tests/conftest.py): a segfault fails the test instead of ending the suite.
+OWN_PROCESS = pytest.mark.own_process
+BACKENDS = ["transformers", pytest.param("llamacpp", marks=OWN_PROCESS), "openai", "vllm"]
 STOP = [" ", "\n"]
 # The bundled model is real compute on CPU: a short system prompt (instead of SmolLM2's default one) keeps every
 # prompt near 20 tokens. The HTTP server also sorts the whole vocabulary in Python for each echoed token.
@@ -38,22 +51,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    """A real llama.cpp OpenAI-compatible server on loopback serving the bundled SmolLM2 GGUF."""
+def _need_llama_server() -> None:
     _need_llamacpp()
     try:
         import llama_cpp.server.app  # noqa: F401  (needs the [server] extra: fastapi, uvicorn, sse-starlette)
     except ImportError as err:
         pytest.skip(f"llama_cpp.server is not importable ({err}); pip install 'llama-cpp-python[server]'")
-    from reasonrec.llm.bundled import smollm2_gguf
 
+
+@contextlib.contextmanager
+def _serve(log_path, *flags: str):
+    """``python -m reasonrec.llm.llamacpp_server`` on a free loopback port serving the bundled GGUF; yields its URL."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
     log = open(log_path, "wb")  # a file, not a pipe: llama.cpp's load log would fill a pipe and block the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--n_threads_batch", "1"],
+        [sys.executable, "-m", "reasonrec.llm.llamacpp_server", "--model", "smollm2-135m", "--host", "127.0.0.1",
+         "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--n_threads_batch", "1", *flags],
         stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -61,14 +74,15 @@ def llama_server(tmp_path_factory):
         deadline = time.time() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {log_path.read_text(errors='replace')[-2000:]}")
+                pytest.fail(f"the llama.cpp server exited ({proc.returncode}): "
+                            f"{log_path.read_text(errors='replace')[-2000:]}")
             try:
                 if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
-                pytest.fail("llama_cpp.server did not start within 90 s")
+                pytest.fail("the llama.cpp server did not start within 90 s")
             time.sleep(0.3)
         yield url
     finally:
@@ -78,6 +92,14 @@ def llama_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real llama.cpp OpenAI-compatible server on loopback serving the bundled SmolLM2 GGUF, as a user starts it."""
+    _need_llama_server()
+    with _serve(tmp_path_factory.mktemp("llama_server") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -215,6 +237,7 @@ def _one_at_a_time(llm, *args, **kwargs):
 LLAMACPP_PROMPTS = PROMPTS + ["Write a haiku about rain."]  # "No." ends early, the haiku runs to the limit
 
 
+@OWN_PROCESS
 def test_llamacpp_batched_greedy_equals_one_at_a_time(llamacpp_llm):
     batched = llamacpp_llm.generate(LLAMACPP_PROMPTS, max_new_tokens=16)
     single = _one_at_a_time(llamacpp_llm, LLAMACPP_PROMPTS, max_new_tokens=16)
@@ -226,6 +249,7 @@ def test_llamacpp_batched_greedy_equals_one_at_a_time(llamacpp_llm):
     assert llamacpp_llm.generate(LLAMACPP_PROMPTS[-1:], max_new_tokens=16)[0].texts == batched[-1].texts
 
 
+@OWN_PROCESS
 def test_llamacpp_batched_samples_are_seeded_per_row(llamacpp_llm):
     kw = dict(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8)
     gens = llamacpp_llm.generate(PROMPTS[:2], seed=3, **kw)
@@ -242,6 +266,7 @@ def test_llamacpp_batched_samples_are_seeded_per_row(llamacpp_llm):
         llamacpp_llm.options.parallel = parallel
 
 
+@OWN_PROCESS
 def test_llamacpp_batched_stop_strings(llamacpp_llm):
     batched = llamacpp_llm.generate(LLAMACPP_PROMPTS, max_new_tokens=16, stop=STOP)
     single = _one_at_a_time(llamacpp_llm, LLAMACPP_PROMPTS, max_new_tokens=16, stop=STOP)
@@ -251,6 +276,7 @@ def test_llamacpp_batched_stop_strings(llamacpp_llm):
     assert max(g.completion_tokens[0] for g in batched) < 16  # stopped early, not cut afterwards
 
 
+@OWN_PROCESS
 def test_llamacpp_decode_calls_carry_consecutive_sequences(llamacpp_llm, monkeypatch):
     """llama.cpp computes a batch over separate KV streams as one step per run of consecutive sequence ids, so
     every decode call must carry sequences 0..k-1 in order; when rows finish with none waiting, the highest rows
@@ -286,6 +312,7 @@ def test_llamacpp_decode_calls_carry_consecutive_sequences(llamacpp_llm, monkeyp
     assert [g.texts for g in batched] == [g.texts for g in _one_at_a_time(llamacpp_llm, prompts, max_new_tokens=16)]
 
 
+@OWN_PROCESS
 def test_llamacpp_bundled_model_is_converted_once(tmp_path, monkeypatch):
     _need_llamacpp()
     from llama_cpp import Llama
@@ -307,3 +334,152 @@ def test_llamacpp_bundled_model_is_converted_once(tmp_path, monkeypatch):
     with pytest.raises(BackendError, match="broken.gguf"):
         requantized(broken, "q8_0")
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # the failed conversion left nothing behind
+
+
+# --- llama.cpp: extra buffer types (use_extra_bufts), the AMX segfault of issue 12 ----------------------------------
+
+# Run in a fresh interpreter: the bundled file as shipped (Q4_1) or converted (Q8_0), extra buffers forced on or
+# off, through every path that crashed on the AMX machine: the issue's own call (a plain completion of "The capital
+# of France is"), the one-at-a-time and the batched decode loops, scoring.
+_CHILD = """
+import json, sys
+from reasonrec.llm import load_llm
+kind, setting = sys.argv[1], sys.argv[2]
+llm = load_llm("smollm2-135m", backend="llamacpp", n_ctx=256, n_threads=1, requantize=kind, extra_buffers=setting,
+               system_prompt="Be brief.")
+plain = llm._gen.create_completion("The capital of France is", max_tokens=16, temperature=0.0)["choices"][0]["text"]
+prompts = ["What is the capital of France?", "Name a fruit."]
+llm.options.parallel = 1
+one = [g.text for g in llm.generate(prompts, max_new_tokens=8)]
+llm.options.parallel = 16
+batched = [g.text for g in llm.generate(prompts, max_new_tokens=8)]
+probs = llm.choice_probs(prompts[:1], ("Yes", "No")).tolist()
+print(json.dumps({"use_extra_bufts": bool(llm._gen.model_params.use_extra_bufts), "plain": plain, "one_at_a_time": one,
+                  "batched": batched, "probs": probs}))
+"""
+
+
+def _run_child(kind: str, setting: str) -> subprocess.CompletedProcess:
+    # -X faulthandler: a native crash prints the Python stack it happened under, for the failure message.
+    return subprocess.run([sys.executable, "-X", "faulthandler", "-c", _CHILD, kind, setting], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_extra_buffers_rule_follows_amx():
+    from reasonrec.llm import cpu
+    from reasonrec.llm.llamacpp import LlamaCppOptions, amx_present, use_extra_buffers
+
+    assert LlamaCppOptions().extra_buffers == "auto"
+    assert use_extra_buffers("on") is True and use_extra_buffers("off") is False
+    assert use_extra_buffers("auto") is (not amx_present())
+    # The flags line of the machine in issue 12 (an AMX Xeon), trimmed, and this project's EPYC (no AMX).
+    xeon = frozenset("fpu avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split())
+    epyc = frozenset("fpu avx2 avx512f avx512_vnni avx512_bf16 avx512_vp2intersect".split())
+    assert cpu.has_amx(xeon) and not cpu.has_amx(epyc)
+    with pytest.raises(ValidationError, match="extra_buffers"):
+        LlamaCppOptions(extra_buffers="maybe")
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    from reasonrec.llm import cpu
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx512f amx_tile amx_int8\n\n"
+                    "processor\t: 1\nflags\t\t: fpu sse\n")
+    assert cpu.cpu_flags(info) == frozenset({"fpu", "sse", "avx512f", "amx_tile", "amx_int8"})
+    assert cpu.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize("setting", ["off", "on"])
+@pytest.mark.parametrize("kind", ["none", "q8_0"], ids=["q4_1", "q8_0"])
+def test_bundled_quantized_files_with_extra_buffers_forced(kind, setting):
+    """Issue 12's reproduction, both ways, each in its own process: with extra buffers off the bundled Q4_1 file
+    and its Q8_0 conversion must answer on every CPU; on, they segfaulted on an AMX Xeon. That case runs only where
+    AMX is present (elsewhere the AMX kernels are never used, so it cannot crash), and reports what happened."""
+    _need_llamacpp()
+    from reasonrec.llm import cpu
+    from reasonrec.llm.llamacpp import amx_present, llama_cpp_version, use_extra_buffers
+
+    if setting == "on" and not amx_present():
+        flags = sorted(f for f in cpu.cpu_flags() if f.startswith(("avx512", "amx")))
+        pytest.skip(f"no AMX on this CPU (flags {' '.join(flags) or 'unknown'}) nor in this llama.cpp build: the "
+                    "extra-buffer crash of issue 12 cannot occur here")
+    proc = _run_child(kind, setting)
+    name = {"none": "Q4_1", "q8_0": "Q8_0"}[kind]
+    if proc.returncode < 0:
+        died = f"{signal.Signals(-proc.returncode).name}: {proc.stderr[-1500:]}"
+        if setting == "off":
+            pytest.fail(f"{name} with use_extra_bufts off died with {died}")
+        assert use_extra_buffers("auto") is False  # the default on this CPU is the path that survives
+        pytest.xfail(f"{name} with use_extra_bufts on crashed on this AMX CPU, as issue 12 diagnosed ({died[:200]})")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["use_extra_bufts"] is (setting == "on")
+    assert out["plain"].startswith(" Paris."), out  # what the AMX machine answered with use_extra_bufts off
+    assert all(out["one_at_a_time"]) and all(out["batched"]), out
+    assert abs(sum(out["probs"][0]) - 1.0) < 1e-6
+    if setting == "on":  # only on an AMX CPU: it did not crash, so this build of llama.cpp may be fixed
+        warnings.warn(f"{name} with use_extra_bufts on did not crash on this AMX CPU: llama.cpp "
+                      f"(llama-cpp-python {llama_cpp_version()}) may have fixed it; "
+                      "extra_buffers=auto still turns them off here", stacklevel=1)
+
+
+_LOAD_LOG = """
+import sys
+from llama_cpp import Llama
+from reasonrec.llm import bundled
+from reasonrec.llm.llamacpp import model_params
+with model_params(use_extra_bufts=sys.argv[1] == "on"):
+    llm = Llama(str(bundled.smollm2_gguf()), n_ctx=64, n_threads=1, verbose=True)
+print("use_extra_bufts", llm.model_params.use_extra_bufts, file=sys.stderr)
+"""
+
+
+# How llama.cpp's load log names an extra buffer type: a tensor declining it ("cannot be used with preferred buffer
+# type CPU_REPACK") or a model buffer in it ("AMX model buffer size"); an AMX CPU prefers AMX, others CPU_REPACK.
+_EXTRA_BUFT = re.compile(r"buffer type (CPU_REPACK|AMX)\b|\b(CPU_REPACK|AMX) model buffer")
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_extra_buffers_setting_reaches_llama_cpp(setting):
+    """llama.cpp itself, not only the params struct, sees the setting: its load log names an extra buffer type
+    (used, or declined by the bundled file's tensors) only when they are in play."""
+    _need_llamacpp()
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    if setting == "on" and "REPACK = 1" not in info and "AMX_INT8 = 1" not in info:
+        pytest.skip("this llama.cpp build has no extra CPU buffer type (neither REPACK nor AMX_INT8) to look for")
+    proc = subprocess.run([sys.executable, "-c", _LOAD_LOG, setting], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"use_extra_bufts {setting == 'on'}" in proc.stderr
+    assert bool(_EXTRA_BUFT.search(proc.stderr)) is (setting == "on"), proc.stderr[-3000:]
+
+
+def test_llamacpp_server_entry_point_loads_with_extra_buffers_off(tmp_path):
+    """The loopback server users start gets the same model params: forced off, llama.cpp never considers an extra
+    buffer type, and the server answers a chat completion (the request that crashed it in issue 12)."""
+    _need_llama_server()
+    log = tmp_path / "server.log"
+    with _serve(log, "--extra_buffers", "off") as url:
+        res = httpx.post(url + "/v1/chat/completions", timeout=60, json={
+            "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8,
+            "temperature": 0})
+    assert res.status_code == 200 and res.json()["choices"][0]["message"]["content"]
+    text = log.read_text(errors="replace")
+    assert "reasonrec: loading with use_extra_bufts=False (--extra_buffers off" in text
+    assert not _EXTRA_BUFT.search(text), text[-3000:]
+
+
+def test_llamacpp_server_takes_the_bundled_alias():
+    from reasonrec.llm import bundled
+    from reasonrec.llm.llamacpp_server import _resolve_model
+
+    try:
+        path = str(bundled.smollm2_gguf())
+    except BackendError as err:
+        pytest.skip(str(err))
+    assert _resolve_model(["--model", "smollm2-135m", "--port", "1"]) == ["--model", path, "--port", "1"]
+    assert _resolve_model(["--model=smollm2-135m"]) == [f"--model={path}"]
+    assert _resolve_model(["--model", "x.gguf", "--model_alias", "smollm2-135m"]) == \
+        ["--model", "x.gguf", "--model_alias", "smollm2-135m"]

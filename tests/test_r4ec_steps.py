@@ -188,3 +188,59 @@ def test_transformers_format_continues_a_response_prefix(tiny_model_path):
     assert primed == plain + "<User Preference>"  # the generation prompt, then the prefix; no closed turn
     g = llm.generate([[*chat, {"role": "assistant", "content": "<User Preference>"}]], max_new_tokens=4)[0]
     assert g.completion_tokens[0] <= 4 and not g.text.startswith("<User Preference>")
+
+
+def test_unparsed_judgement_is_retried_counted_and_never_reasonable():
+    pref = "<User Preference>first</User Preference>"
+    llm = Scripted({0: {"reason": pref, "reflect": "I think it is fine."},  # never a judgement
+                    1: {"reason": pref, "reflect": judge(True)}})
+    res = steps.iterative_refinement(llm, "user", "movie", [entity(0), entity(1)], actor="a", reflector="r",
+                                     max_steps=1, gen=GEN)
+    # retried like any malformed answer (max_attempts=2), then counted apart — not as reasonable
+    assert [c[1] for c in llm.calls if c[0] == 0] == ["reason", "reflect", "reflect"]
+    assert res.judge_unparsed_first == 1 and res.judge_unparsed_final == 1
+    assert res.judged_unreasonable_first == 0 and res.final == ["first", "first"]
+    filt = steps.reflection_filter(Scripted({0: {"reason": pref, "reflect": "?"}}), "user", "movie", [entity(0)],
+                                   actor="a", reflector="r", k=2, temperature=0.8, gen=GEN)
+    assert filt.keep == [[False, False]] and filt.judge_unparsed == 2
+
+
+def test_each_variant_asks_the_model_the_paper_says():
+    """kar: the un-tuned model (no adapter), one answer, no reflection; r2ec: the D_reason actor, one answer, no
+    reflection; r4ec_refine / r4ec_filter: the actor with the reflector."""
+    from reasonrec.methods.r4ec import GenerationSection, infer_side
+
+    def by_adapter(seed):
+        return f"<User Preference>seed {seed}</User Preference>"
+
+    llm = Scripted({0: {"reason": by_adapter, "reflect": judge(False),
+                        "refine": "<Refined User Preference>better</Refined User Preference>"}})
+    adapters = {"user_actor": "x", "user_reflect": "y", "user_r2ec": "z"}
+    texts, stats = infer_side(llm, "user", "movie", [entity(0)], adapters,
+                              GenerationSection(max_refine_steps=1, filter_k=2), GEN)
+    asked = {}
+    for _, step, adapter, _ in llm.calls:
+        asked.setdefault(adapter, set()).add(step)
+    assert asked == {None: {"reason"}, "user_r2ec": {"reason"}, "user_actor": {"reason", "refine"},
+                     "user_reflect": {"reflect"}}
+    assert texts["kar"] == ["seed 0"] and texts["r2ec"] == ["seed 0"] and texts["r4ec_refine"] == ["better"]
+    assert len(texts["filter_samples"][0]) == 2
+    assert stats["adapters"] == {"kar": None, "r2ec": "user_r2ec", "actor": "user_actor",
+                                 "reflector": "user_reflect"}
+    assert stats["unreasonable_before"] == 1.0
+
+
+def test_filter_pools_parsed_samples_only_and_falls_back_to_the_refined_answer():
+    import numpy as np
+
+    from reasonrec.methods.r4ec import filter_pool
+
+    emb = np.array([[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]],    # keeps sample 0
+                    [[1.0, 0.0], [0.0, 3.0], [7.0, 7.0]],    # none kept: mean of the two parsed ones
+                    [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]]])   # none parsed: the refined answer
+    keep = np.array([[True, False, False], [False, False, False], [False, False, False]])
+    parsed = np.array([[True, True, False], [True, True, False], [False, False, False]])
+    fallback = np.array([[0.0, 0.0], [0.0, 0.0], [2.0, -2.0]])
+    pooled, counts = filter_pool(emb, keep, parsed, fallback)
+    assert pooled.tolist() == [[1.0, 0.0], [0.5, 1.5], [2.0, -2.0]]
+    assert counts == {"none_kept": 1, "none_parsed_fallback_refined": 1}

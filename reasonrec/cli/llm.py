@@ -41,6 +41,25 @@ def _load(model: str, backend: str, cache: Path | None, options: list[str] | Non
     return load_llm(model, backend=backend, cache=cache, **_options(options))  # type: ignore[arg-type]
 
 
+def _constraint(regex: str | None, json_schema: Path | None, choice: list[str] | None):
+    from ..errors import ConfigError
+    from ..llm.constraints import Choice, JsonSchema, Regex
+
+    given = [name for name, v in (("--regex", regex), ("--json-schema", json_schema), ("--choice", choice)) if v]
+    if len(given) > 1:
+        raise ConfigError(f"give one constraint; got {' and '.join(given)}")
+    if regex:
+        return Regex(regex)
+    if choice:
+        return Choice(choice)
+    if json_schema:
+        try:
+            return JsonSchema(json.loads(json_schema.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"--json-schema {json_schema}: cannot read a JSON schema ({err})") from None
+    return None
+
+
 @app.command()
 def generate(
     prompt: PromptOpt,
@@ -56,11 +75,18 @@ def generate(
     cache: CacheOpt = None,
     option: OptionOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per prompt.")] = False,
+    regex: Annotated[str | None, typer.Option("--regex", help="Constrain every answer to match this regular "
+                                              "expression in full.")] = None,
+    json_schema: Annotated[Path | None, typer.Option("--json-schema", help="Constrain every answer to one JSON "
+                                                     "value valid under the schema in this file.")] = None,
+    choice: Annotated[list[str] | None, typer.Option("--choice", help="Constrain every answer to one of these "
+                                                     "strings (repeatable).")] = None,
 ) -> None:
-    """Generate completions for one or more prompts (chat template applied)."""
+    """Generate completions for one or more prompts (chat template applied), optionally constrained."""
+    constraint = _constraint(regex, json_schema, choice)
     llm = _load(model, backend, cache, option)
     gens = llm.generate(prompt, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                        stop=stop, seed=seed, adapter=adapter)
+                        stop=stop, seed=seed, adapter=adapter, **({"constraint": constraint} if constraint else {}))
     for p, g in zip(prompt, gens, strict=True):
         if as_json:
             typer.echo(json.dumps({"prompt": p, "texts": g.texts, "prompt_tokens": g.prompt_tokens,

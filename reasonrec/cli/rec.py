@@ -41,18 +41,20 @@ def train(
     from ..rec.trainer import CTRTrainConfig
 
     torch.set_num_threads(threads)
+    base = model.lower().removesuffix("_full")
+    if model in CTR_MODELS:  # the flags' values are checked before the data is read
+        model_cfg = CTRModelConfig(embedding_dim=embedding_dim, connector=connector)
+        train_cfg = CTRTrainConfig(epochs=20 if epochs is None else epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                   progress=not as_json)
     tables = load_tables(dataset, data_dir, category)
     splits = make_splits(tables, protocol, seed=seed)
-    base = model.lower().removesuffix("_full")
     if model in CTR_MODELS:
         knowledge = [item_text_knowledge(tables, item_knowledge, progress=not as_json)] if item_knowledge else []
-        res = run_ctr(model, splits, tables,
-                      CTRModelConfig(embedding_dim=embedding_dim, connector=connector),
-                      CTRTrainConfig(epochs=epochs or 20, batch_size=batch_size, lr=lr, seed=seed, progress=not as_json),
-                      knowledge=knowledge)
+        res = run_ctr(model, splits, tables, model_cfg, train_cfg, knowledge=knowledge)
         res.pop("history", None)
     elif base in BASELINES:
-        res = train_baseline(model, splits, tables, {"seed": seed, **({"epochs": epochs} if epochs else {})}, progress=not as_json)
+        res = train_baseline(model, splits, tables, {"seed": seed, **({} if epochs is None else {"epochs": epochs})},
+                             progress=not as_json)
     else:
         from ..errors import ConfigError
 

@@ -193,6 +193,10 @@ class KarOptions(Section):
             interaction behaviors in chronological order and take the first 80%"); default ``per_user``.
         min_history: samples start after the user's first ``min_history`` interactions; default 10.
         history_len: previous interactions in each history; default 10 (KAR ``ctr_hist_len = 10``).
+        user_core / item_core: keep users with ≥ user_core and items with ≥ item_core interactions, repeated until
+            both hold (k-core). Default 60 / 40 for Amazon Books (KAR's and R4ec's ``preprocess/preprocess_amz.py``:
+            ``user_core = 60``, ``item_core = 40``, for R4ec Tab. 1's Amazon-Book), 0 / 0 otherwise (KAR's
+            ``preprocess_ml-1m.py`` filters nothing; smaller Amazon categories would keep no user at 60).
     """
 
     label_threshold: float | None = None
@@ -200,18 +204,32 @@ class KarOptions(Section):
     split: Literal["per_user", "global"] = "per_user"
     min_history: int = 10
     history_len: int = 10
+    user_core: int | None = None
+    item_core: int | None = None
 
     def defaults(self, tables: Tables) -> KarOptions:
-        if self.label_threshold is None:
-            return self.model_copy(update={"label_threshold": 4.0 if tables.dataset == "amazon" else 3.0})
-        return self
+        amazon = tables.dataset == "amazon"
+        books = amazon and tables.category == "Books"  # the k-core of KAR/R4ec was set for Amazon-Books only
+        d = {"label_threshold": 4.0 if amazon else 3.0, "user_core": 60 if books else 0,
+             "item_core": 40 if books else 0}
+        return self.model_copy(update={k: v for k, v in d.items() if getattr(self, k) is None})
 
 
 def kar(tables: Tables, seed: int, o: KarOptions) -> ProtocolResult:
     del seed
     if not 0 < o.train_fraction < 1:
         raise ConfigError(f"kar option 'train_fraction' must be in (0, 1); got {o.train_fraction}")
-    ev = sort_events(_labelled(tables, o.label_threshold))
+    ev = _labelled(tables, o.label_threshold)
+    while o.user_core or o.item_core:  # KAR's filter_Kcore: drop until every user and item has enough
+        ok = ((ev.groupby("user_id")["item_id"].transform("size") >= o.user_core)
+              & (ev.groupby("item_id")["user_id"].transform("size") >= o.item_core))
+        if ok.all():
+            break
+        ev = ev[ok]
+    if len(ev) == 0:
+        raise DataError(f"kar on {tables.name}: the {o.user_core}/{o.item_core} user/item core leaves no "
+                        "interactions; lower user_core / item_core")
+    ev = sort_events(ev)
     pos = ev.groupby("user_id").cumcount().to_numpy()
     if o.split == "per_user":
         n = ev.groupby("user_id")["item_id"].transform("size").to_numpy()

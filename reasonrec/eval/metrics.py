@@ -60,7 +60,7 @@ def _as_1d(name: str, x, n: int | None = None, dtype=None) -> np.ndarray:
 
 def _binary_labels(labels) -> np.ndarray:
     y = _as_1d("labels", labels)
-    if y.size and not np.isin(y, (0, 1)).all():
+    if y.size and not ((y == 0) | (y == 1)).all():  # not np.isin: 10x slower, and this runs per replicate
         bad = np.unique(y[~np.isin(y, (0, 1))])[:5]
         raise DataError(f"metrics: `labels` must be 0/1; got values {bad.tolist()}")
     return y.astype(np.int64)
@@ -80,20 +80,51 @@ def auc(labels, scores) -> float:
     return float(roc_auc_score(y, s))
 
 
-def _group_auc(user_ids: np.ndarray, y: np.ndarray, s: np.ndarray) -> pd.DataFrame:
+def auc_ranks(labels, scores) -> float:
+    """The same AUC as :func:`auc`, by the Mann-Whitney rank sum (average ranks for ties): no input validation
+    beyond :func:`auc`'s and ~20x faster on small arrays, for the bootstrap that calls it thousands of times."""
+    y = _binary_labels(labels)
+    s = _as_1d("scores", scores, len(y), dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    s_o = s[order]
+    tie = np.r_[True, s_o[1:] != s_o[:-1]]
+    first = np.flatnonzero(tie)
+    last = np.r_[first[1:], len(s)] - 1
+    rank = ((first + last) / 2 + 1)[np.cumsum(tie) - 1]  # 1-based average rank of each tie group
+    return float((rank[y[order] == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _group_auc(user_ids: np.ndarray, y: np.ndarray, s: np.ndarray, frame: bool = True):
     """Per-user Mann-Whitney AUC with average ranks for ties, one row per user with both classes.
 
     AUC_u = (R⁺ − n⁺(n⁺+1)/2) / (n⁺ n⁻), R⁺ the sum of the positives' ranks inside the user — identical to
-    ``roc_auc_score`` on that user's rows, but vectorised over all users at once.
+    ``roc_auc_score`` on that user's rows, but vectorised over all users at once. ``frame=False`` returns only
+    the per-user AUC array (what :func:`uauc` needs, without building a DataFrame).
     """
-    df = pd.DataFrame({"u": user_ids, "y": y, "s": s})
-    df["r"] = df.groupby("u", sort=False)["s"].rank(method="average")
-    g = df.assign(rp=df["r"] * df["y"]).groupby("u", sort=True).agg(n=("y", "size"), pos=("y", "sum"),
-                                                                     rp=("rp", "sum"))
-    g = g[(g["pos"] > 0) & (g["pos"] < g["n"])]
-    neg = g["n"] - g["pos"]
-    g = g.assign(auc=(g["rp"] - g["pos"] * (g["pos"] + 1) / 2) / (g["pos"] * neg))
-    return g
+    if len(s) == 0:
+        return np.zeros(0) if not frame else pd.DataFrame({"n": [], "pos": [], "rp": [], "auc": []})
+    users, inv = np.unique(user_ids, return_inverse=True)
+    # numpy rather than a pandas groupby: the bootstrap evaluates this thousands of times
+    order = np.lexsort((s, inv))  # by user, then score
+    inv_o, s_o, y_o = inv[order], s[order], y[order].astype(np.float64)
+    n = np.bincount(inv, minlength=len(users))
+    rank = np.arange(len(s)) - np.repeat(np.cumsum(n) - n, n) + 1  # 1-based rank inside the user
+    tie = np.r_[True, (inv_o[1:] != inv_o[:-1]) | (s_o[1:] != s_o[:-1])]
+    first = np.flatnonzero(tie)
+    last = np.r_[first[1:], len(s)] - 1
+    avg = ((rank[first] + rank[last]) / 2)[np.cumsum(tie) - 1]  # average rank of each tie group
+    pos = np.bincount(inv_o, weights=y_o, minlength=len(users))
+    rp = np.bincount(inv_o, weights=avg * y_o, minlength=len(users))
+    keep = (pos > 0) & (pos < n)
+    n, pos, rp = n[keep], pos[keep], rp[keep]
+    auc_u = (rp - pos * (pos + 1) / 2) / (pos * (n - pos))
+    if not frame:
+        return auc_u
+    return pd.DataFrame({"n": n, "pos": pos, "rp": rp, "auc": auc_u}, index=pd.Index(users[keep], name="u"))
 
 
 def uauc(user_ids, labels, scores) -> float:
@@ -101,8 +132,8 @@ def uauc(user_ids, labels, scores) -> float:
     y = _binary_labels(labels)
     s = _as_1d("scores", scores, len(y), dtype=np.float64)
     u = _as_1d("user_ids", user_ids, len(y))
-    g = _group_auc(u, y, s)
-    return float(g["auc"].mean()) if len(g) else float("nan")
+    per_user = _group_auc(u, y, s, frame=False)
+    return float(per_user.mean()) if len(per_user) else float("nan")
 
 
 def logloss(labels, probs) -> float:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import Section, validate
 from ..errors import BackendError, ConfigError
+from .constraints import ConstraintArg
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
@@ -65,14 +66,19 @@ class SequenceLogprob:
 @runtime_checkable
 class LLM(Protocol):
     """What every backend offers. ``model_id`` identifies the weights (and options that change outputs) for the
-    generation cache; ``supports`` lists the calls the backend can answer (all three for local backends)."""
+    generation cache; ``supports`` lists the calls the backend can answer (all three for local backends) and the
+    constraints it enforces while decoding (``constraint:regex``, ``constraint:json``, ``constraint:choice``,
+    ``constraint:ranking``; see :mod:`reasonrec.llm.constraints`).
+
+    ``generate(..., constraint=)`` takes one constraint for every prompt or one (or ``None``) per prompt; a
+    constraint the backend cannot enforce is a :class:`~reasonrec.errors.BackendError` before any work."""
 
     model_id: str
     supports: frozenset[str]
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
-                 adapter: AdapterArg = None) -> list[Generation]: ...
+                 adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]: ...
 
     def choice_probs(self, prompts: Sequence[Prompt], choices: Sequence[str] = ("Yes", "No"),
                      adapter: AdapterArg = None) -> np.ndarray: ...

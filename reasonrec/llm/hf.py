@@ -30,16 +30,20 @@ from . import bundled
 from .base import (
     BASE,
     AdapterArg,
+    ConstraintArg,
     Generation,
     Prompt,
     SequenceLogprob,
+    as_messages,
     chat_text,
     check_generate_args,
     choice_variants,
     per_prompt_adapters,
     renormalise,
+    split_response_prefix,
     truncate_at_stop,
 )
+from .constraints import LOCAL_KINDS, check_supported, per_prompt_constraints
 
 TINY = "tiny-random"
 
@@ -91,7 +95,8 @@ def _batch_seed(seed: int, rows: list[list[int]]) -> int:
 class TransformersLLM:
     """An :class:`~reasonrec.llm.base.LLM` on a transformers causal LM (optionally a peft model)."""
 
-    supports = frozenset({"generate", "choice_probs", "sequence_logprob", "adapters", "mixed_adapters"})
+    supports = frozenset({"generate", "choice_probs", "sequence_logprob", "adapters", "mixed_adapters",
+                          *LOCAL_KINDS})
 
     def __init__(self, name: str, options: TransformersOptions | None = None):
         import torch
@@ -138,6 +143,20 @@ class TransformersLLM:
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
         self._eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
+        self._grammars = None  # GrammarSession, built on the first constrained call
+
+    def check_constraints(self, constraints) -> None:
+        check_supported("transformers", self.supports, constraints)
+
+    def grammar_session(self):
+        """The compiled-grammar cache for this tokenizer (xgrammar's vocabulary of the model's logits width)."""
+        if self._grammars is None:
+            from .constraints import GrammarSession
+
+            width = self.model.get_output_embeddings().weight.shape[0]
+            self._grammars = GrammarSession.from_huggingface(self.tokenizer, vocab_size=width,
+                                                             stop_token_ids=self._eos_ids)
+        return self._grammars
 
     @property
     def device(self):
@@ -240,16 +259,25 @@ class TransformersLLM:
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
-                 adapter: AdapterArg = None) -> list[Generation]:
+                 adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]:
         check_generate_args(n, temperature, top_p, max_new_tokens)
         adapters = per_prompt_adapters(adapter, len(prompts))
+        constraints = per_prompt_constraints(constraint, len(prompts))
+        self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
         results: list[Generation | None] = [None] * len(prompts)
         for batch in self._batches([len(e) for e in encoded]):
             # n samples of a prompt are n rows, so adapter_names has one entry per row (peft's mixed batch).
             rows = [encoded[i] for i in batch for _ in range(n)]
             row_adapters = [adapters[i] for i in batch for _ in range(n)]
-            new = self._decode(rows, row_adapters, _batch_seed(seed, rows), max_new_tokens, temperature, top_p, stop)
+            matchers = None
+            if any(constraints[i] is not None for i in batch):
+                session = self.grammar_session()
+                prefixes = {i: split_response_prefix(as_messages(prompts[i]))[1] for i in batch}
+                matchers = [session.matcher(constraints[i], prefixes[i], max_new_tokens)
+                            if constraints[i] is not None else None for i in batch for _ in range(n)]
+            new = self._decode(rows, row_adapters, _batch_seed(seed, rows), max_new_tokens, temperature, top_p, stop,
+                               matchers)
             for j, i in enumerate(batch):
                 texts, counts = [], []
                 for row in new[j * n:(j + 1) * n]:
@@ -260,7 +288,8 @@ class TransformersLLM:
         return results  # type: ignore[return-value]
 
     def _decode(self, rows: list[list[int]], adapters: list[str | None], seed: int, max_new_tokens: int,
-                temperature: float, top_p: float, stop: Sequence[str] | None) -> list[list[int]]:
+                temperature: float, top_p: float, stop: Sequence[str] | None,
+                matchers: list | None = None) -> list[list[int]]:
         """One batched ``model.generate`` call on left-padded rows → the new token ids of each row, up to and
         including its end-of-sequence token (padding after it removed).
 
@@ -269,13 +298,28 @@ class TransformersLLM:
         tokens, and 12.2-14.4 vs 12.3-16.1 tok/s at 128 new tokens, where half the rows finish early. No clear
         gain, so the library call stays. Sampling is temperature → top-p (top-k off), seeded per call under
         ``fork_rng`` so the caller's global RNG is untouched.
+
+        ``matchers`` (one :class:`~reasonrec.llm.constraints.RowMatcher` or ``None`` per row) constrain the rows:
+        transformers appends user logits processors after its own temperature/top-p warpers, and masking after
+        top-p could leave a row with no token at all, so a constrained call runs the mask, then temperature, then
+        top-p as one processor list of its own.
         """
         import torch
 
         ids, mask = self._pad(rows, side="left")
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                                       eos_token_id=sorted(self._eos_ids), top_k=None)
-        if temperature > 0:
+        if matchers is not None:
+            from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+            procs: list = [_ConstraintProcessor(matchers)]
+            if temperature > 0:
+                procs += [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+                kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None)
+            kwargs["logits_processor"] = LogitsProcessorList(procs)
+        elif temperature > 0:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None)
@@ -374,3 +418,40 @@ class TransformersLLM:
             results.append(SequenceLogprob(total=total, token_logps=token_logps,
                                            tokens=self.tokenizer.convert_ids_to_tokens(ids)))
         return results
+
+
+class _ConstraintProcessor:
+    """A transformers logits processor over per-row :class:`~reasonrec.llm.constraints.RowMatcher` states: each
+    call first feeds every row the token it sampled last (rows without a constraint, or whose format is complete,
+    are left alone), then masks the next-token scores (B, V) of the constrained rows in place."""
+
+    def __init__(self, matchers: list):
+        self.matchers = matchers
+        self.started = False
+        self.bits = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.bits is None:
+            width = next(m.width for m in self.matchers if m is not None)
+            self.bits = np.zeros((len(self.matchers), width), dtype=np.int32)
+        if self.started:
+            last = input_ids[:, -1].tolist()
+            for m, tok in zip(self.matchers, last, strict=True):
+                if m is not None and not m.done and not m.rejected:
+                    m.accept(tok)  # a row cut by a stop string gets pad tokens: rejected, then ignored
+        self.started = True
+        rows = [i for i, m in enumerate(self.matchers) if m is not None and not m.done and not m.rejected]
+        if not rows:
+            return scores
+        for i in rows:
+            self.matchers[i].fill(self.bits, i)
+        vocab = self.matchers[rows[0]].vocab.size
+        allowed = np.unpackbits(self.bits[rows].view(np.uint8), axis=1, bitorder="little")[:, :vocab].astype(bool)
+        idx = torch.tensor(rows, device=scores.device)
+        sub = scores[idx]
+        sub[:, :vocab] = sub[:, :vocab].masked_fill(~torch.from_numpy(allowed).to(scores.device), float("-inf"))
+        sub[:, vocab:] = float("-inf")
+        scores[idx] = sub
+        return scores

@@ -30,6 +30,15 @@ of 16 rows, 12 ms for a step of one row), so batching rows gains about 2× per g
 one batch or as prefix + last token gives slightly different logits), so greedy texts match the one-at-a-time path
 except at near-ties.
 
+llama.cpp's extra CPU buffer types (``use_extra_bufts``: weights repacked at load time for the AMX and CPU-repack
+kernels) are turned off on CPUs with AMX (``extra_buffers: auto``): there the bundled Q4_1 file and its Q8_0
+conversion segfault on the first decode with llama-cpp-python 0.3.36 (issue 12: an Intel Xeon with ``amx_int8``;
+the same call with ``use_extra_bufts = False`` answers " Paris."), and BF16 weights never enter those buffers on
+x86 anyway. Elsewhere they stay on: they hold the repacked Q4_0/Q4_K/IQ4_NL layouts, which are faster. Measured on
+this project's EPYC (no AMX; ``benchmarks/llamacpp_extra_buffers.py``, 8 ML-100K prompts × 32 tokens, 1 thread, a
+loaded machine): off/on tokens/s 1.11 for Q4_1, 1.06 for Q8_0, 1.00 for BF16, with identical greedy texts (no extra
+buffer type takes them here: the same kernels run, the ratios are noise), and 0.57 for a Q4_0 conversion.
+
 Scoring needs logits at every position (``logits_all=True``), which costs an extra ``n_ctx × vocab`` buffer and
 slows prefill, so a second context that shares nothing but the file is opened lazily for scoring only.
 
@@ -40,11 +49,13 @@ backend does not take ``adapter=`` per call; load the adapter as ``options.lora_
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import heapq
 import os
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -56,9 +67,10 @@ from pydantic import Field
 from .. import io
 from ..config import Section
 from ..errors import BackendError
-from . import bundled
+from . import bundled, cpu
 from .base import (
     AdapterArg,
+    ConstraintArg,
     Generation,
     Prompt,
     SequenceLogprob,
@@ -71,6 +83,7 @@ from .base import (
     split_response_prefix,
     truncate_at_stop,
 )
+from .constraints import LOCAL_KINDS, check_supported, per_prompt_constraints
 
 
 class LlamaCppOptions(Section):
@@ -92,6 +105,11 @@ class LlamaCppOptions(Section):
             ``q8_0``, ``bf16``, ``f16``, ``f32`` or ``none`` (use the file as it is). ``auto`` (default) converts
             the bundled Q4_1 alias to ``bf16``, faster and closer to the fp32 model here (see the module docstring),
             and leaves other files alone: converting a large model up raises its memory traffic per token.
+        extra_buffers: llama.cpp's extra CPU buffer types (``llama_model_params.use_extra_bufts``, where weights
+            are repacked for the AMX and CPU-repack kernels): ``on``, ``off``, or ``auto`` (default) = off on a
+            CPU with AMX, on elsewhere. Source: issue 12 — with them on, an AMX Xeon segfaults on the first
+            decode of the bundled Q4_1 file and of its Q8_0 conversion (llama-cpp-python 0.3.36). See
+            :func:`use_extra_buffers` for the rule and its cost.
     """
 
     n_ctx: int = 4096
@@ -102,6 +120,7 @@ class LlamaCppOptions(Section):
     lora_path: Path | None = None
     system_prompt: str | None = None
     requantize: Literal["auto", "none", "q8_0", "bf16", "f16", "f32"] = "auto"
+    extra_buffers: Literal["auto", "on", "off"] = "auto"
 
 
 _FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "bf16": "LLAMA_FTYPE_MOSTLY_BF16", "f16": "LLAMA_FTYPE_MOSTLY_F16",
@@ -129,6 +148,86 @@ def requantized(path: Path, kind: str) -> Path:
     return out
 
 
+def amx_present() -> bool:
+    """AMX on this CPU (its flags) or in this llama.cpp build (its system info: the only sign without /proc)."""
+    if cpu.has_amx():
+        return True
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
+    return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace")
+
+
+def use_extra_buffers(setting: Literal["auto", "on", "off"]) -> bool:
+    """Whether llama.cpp may place weights in its extra CPU buffer types (``use_extra_bufts``).
+
+    ``auto`` turns them off where AMX is present, for every weight type: the crash of issue 12 is in the AMX path
+    (the only extra buffer type that takes Q4_1 on x86; CPU-repack covers Q4_0, Q4_K, Q2_K, IQ4_NL and MXFP4 only),
+    and on x86 no extra buffer type takes BF16, F32 or the BF16 conversion this backend reads by default, so off
+    costs those nothing. What it does cost on an AMX CPU: the AMX and repacked kernels for the quantized types
+    they cover (on this project's EPYC, without AMX, turning repacking off costs Q4_0 43% of its tokens/s; see the
+    module docstring). Set ``on`` to have them back on a build where the crash is fixed.
+    """
+    if setting == "auto":
+        return not amx_present()
+    return setting == "on"
+
+
+_MODEL_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def model_params(use_extra_bufts: bool) -> Iterator[None]:
+    """Models loaded inside get ``use_extra_bufts`` in their ``llama_model_params``.
+
+    ``llama_cpp.Llama(...)`` builds its model params from ``llama_model_default_params()`` and swallows keywords it
+    does not know, so it has no argument for this field (llama-cpp-python 0.3.36); the defaults it reads are
+    wrapped for the duration, under a lock (the wrap is module-wide). Callers check the loaded model's
+    ``model_params`` (:func:`check_model_params`), so a llama-cpp-python that stops reading them fails loudly.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    if not hasattr(lib.llama_model_params, "use_extra_bufts"):
+        if use_extra_bufts:  # llama.cpp before the field always used its extra buffer types
+            yield
+            return
+        raise BackendError("llm.options.extra_buffers=off needs llama_model_params.use_extra_bufts, which "
+                           f"llama-cpp-python {llama_cpp_version()} does not have; install the tested version: "
+                           "pip install 'reasonrec[llamacpp]'")
+    with _MODEL_PARAMS_LOCK:
+        defaults = lib.llama_model_default_params
+
+        def with_setting():
+            params = defaults()
+            params.use_extra_bufts = use_extra_bufts
+            return params
+
+        lib.llama_model_default_params = with_setting
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = defaults
+
+
+def check_model_params(llm, use_extra_bufts: bool) -> None:
+    """Raise if ``llm`` (a ``llama_cpp.Llama``) was not loaded with the wanted ``use_extra_bufts``."""
+    got = getattr(llm.model_params, "use_extra_bufts", True)
+    if got != use_extra_bufts:
+        raise BackendError(f"llama-cpp-python {llama_cpp_version()} loaded {llm.model_path} with use_extra_bufts="
+                           f"{got}, not {use_extra_bufts} (llm.options.extra_buffers); this version builds its "
+                           "model params differently: install the tested version: pip install 'reasonrec[llamacpp]'")
+
+
+def llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def resolve_gguf(name: str) -> Path:
     if name == bundled.SMOLLM2:
         return bundled.smollm2_gguf()
@@ -141,7 +240,7 @@ def resolve_gguf(name: str) -> Path:
 class LlamaCppLLM:
     """An :class:`~reasonrec.llm.base.LLM` on llama-cpp-python."""
 
-    supports = frozenset({"generate", "choice_probs", "sequence_logprob"})
+    supports = frozenset({"generate", "choice_probs", "sequence_logprob", *LOCAL_KINDS})
 
     def __init__(self, name: str, options: LlamaCppOptions | None = None):
         try:
@@ -163,6 +262,7 @@ class LlamaCppLLM:
         self._scorer = None
         self._batch_ctx = None  # (LlamaContext, n_seq, cells per sequence), opened by generate, grown on demand
         self._scored_prompt: tuple[int, ...] = ()  # prompt whose KV the scoring context holds
+        self._grammars = None  # GrammarSession over the GGUF vocabulary, built on the first constrained call
         # Close the contexts before interpreter teardown; llama-cpp-python's __del__ fails noisily after it.
         weakref.finalize(self, _close_all, self._contexts)
         meta = self._gen.metadata
@@ -185,8 +285,11 @@ class LlamaCppLLM:
         kwargs.update(n_threads=threads, n_threads_batch=threads)
         if self.options.lora_path:
             kwargs["lora_path"] = str(self.options.lora_path)
-        llm = Llama(str(self.path), **kwargs)
+        extra = use_extra_buffers(self.options.extra_buffers)
+        with model_params(use_extra_bufts=extra):
+            llm = Llama(str(self.path), **kwargs)
         self._contexts.append(llm)
+        check_model_params(llm, extra)
         return llm
 
     def format(self, prompt: Prompt) -> str:
@@ -209,22 +312,53 @@ class LlamaCppLLM:
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
-                 adapter: AdapterArg = None) -> list[Generation]:
+                 adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]:
         check_generate_args(n, temperature, top_p, max_new_tokens)
         self._check_adapter(adapter, len(prompts))
+        constraints = per_prompt_constraints(constraint, len(prompts))
+        self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
         if not encoded:
             return []
-        if self.options.parallel == 1:
+        constrained = any(c is not None for c in constraints)
+        if self.options.parallel == 1 and not constrained:  # constrained rows always take the batched loop
             return self._generate_sequential(encoded, n, temperature, top_p, max_new_tokens, stop, seed)
         rows = [_Row(p, s, ids, min(max_new_tokens, self.options.n_ctx - len(ids)))
                 for p, ids in enumerate(encoded) for s in range(n)]
+        if constrained:
+            session = self.grammar_session()
+            prefixes = [split_response_prefix(as_messages(p, self.options.system_prompt))[1] for p in prompts]
+            for r in rows:
+                if constraints[r.prompt] is not None:
+                    r.matcher = session.matcher(constraints[r.prompt], prefixes[r.prompt], r.max_new)
         self._decode_rows(rows, temperature, top_p, list(s for s in stop or [] if s), seed)
         out = [Generation(texts=[""] * n, prompt_tokens=len(ids), completion_tokens=[0] * n) for ids in encoded]
         for r in rows:
             out[r.prompt].texts[r.sample] = r.text
             out[r.prompt].completion_tokens[r.sample] = len(r.tokens)
         return out
+
+    def check_constraints(self, constraints) -> None:
+        check_supported("llama.cpp", self.supports, constraints)
+
+    def grammar_session(self):
+        """The compiled-grammar cache over this GGUF's vocabulary: every token's bytes as llama.cpp detokenizes
+        it (control tokens are empty, so a grammar never allows them; end-of-generation tokens stop a row)."""
+        if self._grammars is None:
+            import llama_cpp
+
+            from .constraints import GrammarSession
+
+            vocab = self._gen._model.vocab
+            n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+            buf = ctypes.create_string_buffer(256)
+            pieces = []
+            for i in range(n_vocab):
+                k = llama_cpp.llama_token_to_piece(vocab, i, buf, len(buf), 0, False)
+                pieces.append(buf.raw[:k] if k > 0 else b"")
+            stops = [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)]
+            self._grammars = GrammarSession.from_token_bytes(pieces, stops)
+        return self._grammars
 
     def _generate_sequential(self, encoded: list[list[int]], n: int, temperature: float, top_p: float,
                              max_new_tokens: int, stop: Sequence[str] | None, seed: int) -> list[Generation]:
@@ -297,6 +431,7 @@ class LlamaCppLLM:
         ctx = self._batch_context(n_seq, max(len(r.ids) + r.max_new for r in rows))
         n_batch = llama_cpp.llama_n_batch(ctx.ctx)
         vocab = self._gen._model.vocab
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         waiting = list(reversed(rows))
         free = list(range(n_seq))  # a min-heap: rows take the lowest free sequence id
@@ -360,7 +495,15 @@ class LlamaCppLLM:
                             outputs.append((row, idx))
                 self._decode(ctx, batch, len(running))
                 for row, idx in outputs:
+                    if row.matcher is not None:
+                        # The grammar's mask goes on the row's logits in place, before llama.cpp's sampler chain
+                        # reads them, so temperature and top-p act on the allowed tokens only.
+                        row.matcher.mask(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, idx),
+                                                               shape=(n_vocab,)))
                     tok = row.sampler.sample(ctx, idx)
+                    if row.matcher is not None and not row.matcher.accept(tok):
+                        raise BackendError(f"llama.cpp sampled token {tok}, which the constraint forbids; the "
+                                           "sampler chain must not change the masked logits")
                     if llama_cpp.llama_vocab_is_eog(vocab, tok):
                         row.done = True
                         continue
@@ -461,6 +604,7 @@ class _Row:
     text: str = ""
     done: bool = False
     sampler: object = None
+    matcher: object = None  # RowMatcher of the row's constraint, or None
 
 
 def _add(batch, token: int, pos: int, seq: int, logits: bool) -> int:

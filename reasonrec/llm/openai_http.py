@@ -10,6 +10,16 @@ Ollama or a hosted API.
 - ``sequence_logprob`` → ``POST /v1/completions`` with ``echo=True, logprobs`` on the chat-formatted prompt
   + completion; it needs ``options.tokenizer`` (a local model whose chat template renders the prompt exactly as
   the server does), because the server only scores raw text.
+- ``generate(constraint=)`` (structured output): what the server enforces is declared by ``options.structured``,
+  because an OpenAI-compatible server cannot be asked what it accepts. ``response_format`` (OpenAI's
+  ``json_schema`` type) and ``json_object`` (``{"type": "json_object", "schema": ...}``, llama.cpp's server) enforce
+  JSON schemas only; ``vllm`` sends regexes, choices, rankings and JSON schemas as
+  vLLM's ``structured_outputs`` extra body (vLLM >= 0.12 removed the older fields), ``vllm_legacy`` as the
+  ``guided_regex`` / ``guided_choice`` / ``guided_json`` fields of older vLLM servers; ``none`` enforces nothing.
+  A constraint the server does not enforce is an error, or with ``unenforced: parse`` it is dropped, the answer goes
+  through the caller's parse-and-retry path, and ``stats["unenforced"]`` counts the prompts (never silently).
+  DEVIATION: vLLM enforces a :class:`~reasonrec.llm.constraints.Ranking` as its regex (line shape and candidate
+  titles, but a title may repeat); the ranking parser drops repeats and appends missing candidates.
 
 Retries with exponential backoff and the request timeout are the ``openai`` client's own (``max_retries``);
 ``max_concurrency`` requests run at once on a thread pool. The API key is read from the environment variable
@@ -22,7 +32,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -30,6 +40,7 @@ from ..config import Section
 from ..errors import BackendError
 from .base import (
     AdapterArg,
+    ConstraintArg,
     Generation,
     Prompt,
     SequenceLogprob,
@@ -41,6 +52,7 @@ from .base import (
     split_response_prefix,
     truncate_at_stop,
 )
+from .constraints import Constraint, JsonSchema, check_supported, per_prompt_constraints
 
 
 class OpenAIOptions(Section):
@@ -57,6 +69,11 @@ class OpenAIOptions(Section):
         tokenizer: a local model (alias, folder or HF id) whose chat template formats prompts for
             ``sequence_logprob``; ``None`` disables that call.
         system_prompt: system message prepended to prompts that have none.
+        structured: how the server takes constraints (module docstring): ``response_format`` (default; JSON
+            schemas), ``json_object`` (JSON schemas, llama.cpp's server), ``vllm`` (``structured_outputs``: regex, choice, ranking, JSON), ``vllm_legacy``
+            (``guided_*`` fields of vLLM < 0.12) or ``none``.
+        unenforced: a constraint the server cannot enforce is an ``error`` (default) or, with ``parse``, dropped
+            and counted in ``stats["unenforced"]`` (the caller's parser and retries still apply).
     """
 
     model: str | None = None
@@ -67,6 +84,32 @@ class OpenAIOptions(Section):
     top_logprobs: int = 20
     tokenizer: str | None = None
     system_prompt: str | None = None
+    structured: Literal["response_format", "json_object", "vllm", "vllm_legacy", "none"] = "response_format"
+    unenforced: Literal["error", "parse"] = "error"
+
+
+_ENFORCED = {"response_format": {"json"}, "json_object": {"json"}, "vllm": {"regex", "choice", "json", "ranking"},
+             "vllm_legacy": {"regex", "choice", "json", "ranking"}, "none": set()}
+
+
+def structured_body(constraint: Constraint, mode: str) -> dict[str, Any]:
+    """Request fields that make a server enforce ``constraint`` (``mode`` as ``OpenAIOptions.structured``)."""
+    if mode in ("response_format", "json_object"):
+        if not isinstance(constraint, JsonSchema):
+            raise BackendError(f"structured={mode} takes JSON schemas only; got a {constraint.kind} constraint")
+        if mode == "json_object":
+            return {"response_format": {"type": "json_object", "schema": constraint.schema}}
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "answer", "schema": constraint.schema, "strict": True}}}
+    if constraint.kind == "json":
+        spec: dict[str, Any] = {"json": constraint.schema}  # type: ignore[attr-defined]
+    elif constraint.kind == "choice":
+        spec = {"choice": list(constraint.options)}  # type: ignore[attr-defined]
+    else:  # regex, ranking (its regex: see the DEVIATION in the module docstring)
+        spec = {"regex": constraint.regex()}
+    if mode == "vllm":
+        return {"extra_body": {"structured_outputs": spec}}
+    return {"extra_body": {f"guided_{k}": v for k, v in spec.items()}}
 
 
 class OpenAICompatLLM:
@@ -84,10 +127,20 @@ class OpenAICompatLLM:
         self.model = self.options.model or self._first_model()
         self.model_id = f"openai:{self.base_url}:{self.model}"
         self._tokenizer = None
-        caps = {"generate", "choice_probs"}
+        caps = {"generate", "choice_probs", *(f"constraint:{k}" for k in _ENFORCED[self.options.structured])}
         if self.options.tokenizer:
             caps.add("sequence_logprob")
         self.supports = frozenset(caps)
+        self.stats = {"unenforced": 0}
+
+    def check_constraints(self, constraints) -> None:
+        if self.options.unenforced == "error":
+            try:
+                check_supported(f"OpenAI-compatible ({self.base_url}, structured={self.options.structured})",
+                                self.supports, constraints)
+            except BackendError as err:
+                raise BackendError(f"{err}; or set llm.options.structured to what the server takes, or "
+                                   "llm.options.unenforced: parse to fall back to parse-and-retry") from None
 
     def _first_model(self) -> str:
         try:
@@ -129,11 +182,20 @@ class OpenAICompatLLM:
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
-                 adapter: AdapterArg = None) -> list[Generation]:
+                 adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]:
         check_generate_args(n, temperature, top_p, max_new_tokens)
         self._check_adapter(adapter, len(prompts))
+        constraints = per_prompt_constraints(constraint, len(prompts))
+        self.check_constraints(constraints)
+        bodies = []
+        for c in constraints:
+            if c is not None and f"constraint:{c.kind}" not in self.supports:
+                self.stats["unenforced"] += 1  # unenforced: parse (check_constraints refused otherwise)
+                c = None
+            bodies.append(structured_body(c, self.options.structured) if c is not None else {})
 
-        def one(prompt: Prompt) -> Generation:
+        def one(job: tuple[Prompt, dict[str, Any]]) -> Generation:
+            prompt, body = job
             texts: list[str] = []
             counts: list[int] = []
             prompt_tokens = 0
@@ -142,7 +204,7 @@ class OpenAICompatLLM:
                 r = self._call("chat completion", self.client.chat.completions.create, model=self.model,
                                messages=self._messages(prompt), n=n - len(texts),
                                temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                               stop=list(stop) if stop else None, seed=seed * 1000 + attempt)
+                               stop=list(stop) if stop else None, seed=seed * 1000 + attempt, **body)
                 attempt += 1
                 usage = r.usage
                 prompt_tokens = usage.prompt_tokens if usage else 0
@@ -156,7 +218,7 @@ class OpenAICompatLLM:
                     raise BackendError(f"{self.base_url} returned no choices for a prompt after {attempt} requests")
             return Generation(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=counts)
 
-        return self._map(one, list(prompts))
+        return self._map(one, list(zip(prompts, bodies, strict=True)))
 
     def choice_probs(self, prompts: Sequence[Prompt], choices: Sequence[str] = ("Yes", "No"),
                      adapter: AdapterArg = None) -> np.ndarray:

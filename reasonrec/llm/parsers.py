@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import BackendError
 from .base import Prompt
+from .constraints import Constraint
 
 
 class ParseError(BackendError):
@@ -278,6 +279,31 @@ def parse_memory(text: str) -> str:
     return memory
 
 
+# ---------------------------------------------------------------------------------------------- ThinkRec
+
+@dataclass
+class AnswerReason:
+    """ThinkRec's reasoning output: the Yes/No answer and its one- or two-sentence reason."""
+
+    answer: bool
+    reason: str
+
+
+_ANSWER = re.compile(r"answer\s*\**\s*[:\-]\s*\**\s*\[?\s*(yes|no)\b", re.I)
+_REASON = re.compile(r"reason\s*\**\s*[:\-]\s*(.*)", re.I | re.S)
+
+
+def parse_answer_reason(text: str) -> AnswerReason:
+    """``Answer: Yes|No`` and ``Reason: ...`` after the think block (ThinkRec App. B); a missing reason is an
+    empty string, a missing answer a :class:`ParseError`."""
+    _, answer = split_think(text)
+    m = _ANSWER.search(answer)
+    if not m:
+        raise ParseError(f"no 'Answer: Yes/No' in {answer[:80]!r}")
+    r = _REASON.search(answer[m.end():])
+    return AnswerReason(answer=m.group(1).lower() == "yes", reason=_unbracket(r.group(1)) if r else "")
+
+
 # ---------------------------------------------------------------------------------------------- retries
 
 @dataclass
@@ -308,6 +334,7 @@ def generate_parsed(llm, prompts: Sequence[Prompt], parser: Callable[[str], Any]
                     retry_temperature: float = 0.7, stats: ParseStats | None = None, **gen_kwargs: Any
                     ) -> list[Parsed]:
     """Generate, parse, and regenerate only the prompts whose output did not parse, up to ``max_attempts``.
+    ``constraint=`` (one, or one per prompt) is passed on to ``generate``.
 
     Retries sample at ``retry_temperature`` with a new seed per attempt (a greedy retry would repeat the same
     text, and the cache would return it), so they are cached like any other call. Prompts still malformed after
@@ -317,6 +344,7 @@ def generate_parsed(llm, prompts: Sequence[Prompt], parser: Callable[[str], Any]
     results: list[Parsed | None] = [None] * len(prompts)
     todo = list(range(len(prompts)))
     adapter = gen_kwargs.pop("adapter", None)
+    constraint = gen_kwargs.pop("constraint", None)
     base_seed = gen_kwargs.pop("seed", 0)
     for attempt in range(max_attempts):
         if not todo:
@@ -325,6 +353,8 @@ def generate_parsed(llm, prompts: Sequence[Prompt], parser: Callable[[str], Any]
         if attempt > 0:
             kwargs.update(temperature=max(gen_kwargs.get("temperature", 0.0), retry_temperature))
         adapters = adapter if (adapter is None or isinstance(adapter, str)) else [adapter[i] for i in todo]
+        if constraint is not None:  # one for all, or one per prompt (subset like the adapters)
+            kwargs["constraint"] = constraint if isinstance(constraint, Constraint) else [constraint[i] for i in todo]
         gens = llm.generate([prompts[i] for i in todo], seed=base_seed + attempt, adapter=adapters, **kwargs)
         still = []
         for i, g in zip(todo, gens, strict=True):

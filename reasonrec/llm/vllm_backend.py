@@ -6,6 +6,12 @@
   generated token, discarded), so multi-token choices are exact, as in the transformers backend.
 - LoRA adapters by name: ``options.adapters = {name: folder}``; each request carries its own ``LoRARequest``, so
   one call mixes adapters (vLLM's multi-LoRA batching).
+- ``generate(constraint=)`` → vLLM's structured outputs, one ``SamplingParams`` per prompt: ``StructuredOutputsParams``
+  in ``SamplingParams(structured_outputs=)`` where vLLM has it, else ``GuidedDecodingParams`` in
+  ``SamplingParams(guided_decoding=)`` (vLLM 0.12 removed the latter), found by feature detection. vLLM applies a
+  constraint to the continuation only, so a response prefix with a constraint is refused (local backends consume
+  the prefix). DEVIATION: a :class:`~reasonrec.llm.constraints.Ranking` is enforced as its regex (titles may repeat;
+  the ranking parser drops repeats).
 
 This module is exercised by the same contract tests as the other backends; they are skipped when vllm is not
 importable (CPU-only machines).
@@ -23,17 +29,47 @@ from ..config import Section
 from ..errors import BackendError
 from .base import (
     AdapterArg,
+    ConstraintArg,
     Generation,
     Prompt,
     SequenceLogprob,
+    as_messages,
     chat_text,
     check_generate_args,
     choice_variants,
     per_prompt_adapters,
     renormalise,
+    split_response_prefix,
     truncate_at_stop,
 )
+from .constraints import Constraint, check_supported, per_prompt_constraints
 from .hf import resolve_model_path
+
+
+def structured_spec(constraint: Constraint) -> dict:
+    """The keyword arguments of vLLM's ``StructuredOutputsParams`` / ``GuidedDecodingParams`` for ``constraint``
+    (both classes take ``json``, ``regex``, ``choice``)."""
+    if constraint.kind == "json":
+        return {"json": constraint.schema}  # type: ignore[attr-defined]
+    if constraint.kind == "choice":
+        return {"choice": list(constraint.options)}  # type: ignore[attr-defined]
+    pattern = constraint.regex()
+    if pattern is None:
+        raise BackendError(f"vLLM cannot enforce {constraint!r}: it has no regex form")
+    return {"regex": pattern}
+
+
+def structured_params(constraint: Constraint, sampling_params_module) -> dict:
+    """``SamplingParams`` keyword arguments that enforce ``constraint`` on this vLLM version."""
+    spec = structured_spec(constraint)
+    cls = getattr(sampling_params_module, "StructuredOutputsParams", None)
+    if cls is not None:
+        return {"structured_outputs": cls(**spec)}
+    cls = getattr(sampling_params_module, "GuidedDecodingParams", None)
+    if cls is not None:
+        return {"guided_decoding": cls(**spec)}
+    raise BackendError("this vLLM has neither StructuredOutputsParams nor GuidedDecodingParams; upgrade vLLM or "
+                       "drop the constraint")
 
 
 class VLLMOptions(Section):
@@ -57,7 +93,11 @@ class VLLMOptions(Section):
 
 
 class VLLMBackend:
-    supports = frozenset({"generate", "choice_probs", "sequence_logprob", "adapters", "mixed_adapters"})
+    supports = frozenset({"generate", "choice_probs", "sequence_logprob", "adapters", "mixed_adapters",
+                          "constraint:regex", "constraint:json", "constraint:choice", "constraint:ranking"})
+
+    def check_constraints(self, constraints) -> None:
+        check_supported("vLLM", self.supports, constraints)
 
     def __init__(self, name: str, options: VLLMOptions | None = None):
         try:
@@ -105,12 +145,24 @@ class VLLMBackend:
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
-                 adapter: AdapterArg = None) -> list[Generation]:
+                 adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]:
+        import vllm.sampling_params as sp
         from vllm import SamplingParams
 
         check_generate_args(n, temperature, top_p, max_new_tokens)
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                stop=list(stop) if stop else None, seed=seed)
+        constraints = per_prompt_constraints(constraint, len(prompts))
+        self.check_constraints(constraints)
+        common = dict(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                      stop=list(stop) if stop else None, seed=seed)
+        if any(c is not None for c in constraints):
+            for p, c in zip(prompts, constraints, strict=True):
+                if c is not None and split_response_prefix(as_messages(p))[1]:
+                    raise BackendError("vLLM applies a constraint to the continuation only; a response prefix "
+                                       "with a constraint needs a local backend (transformers, llama.cpp)")
+            params = [SamplingParams(**common, **(structured_params(c, sp) if c is not None else {}))
+                      for c in constraints]
+        else:
+            params = SamplingParams(**common)
         inputs = [{"prompt_token_ids": self._prompt_ids(p)} for p in prompts]
         outs = self.engine.generate(inputs, params, lora_request=self._lora_requests(adapter, len(prompts)),
                                     use_tqdm=False)

@@ -57,18 +57,37 @@ def load_experiment(path: str | Path):
 def run_experiment(path: str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None) -> dict:
     """Validate the experiment at ``path`` and run it; returns the method's results dict."""
     module, cfg = load_experiment(path)
-    return run_loaded(module, cfg, run_dir, data_dir)
+    return run_loaded(module, cfg, run_dir, data_dir, source=str(path))
 
 
-def run_loaded(module: ModuleType, cfg, run_dir: str | Path | None = None,
-               data_dir: str | Path | None = None) -> dict:
-    """Run a validated experiment; ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) override the config's."""
+def resolve_paths(cfg, run_dir: str | Path | None = None, data_dir: str | Path | None = None) -> None:
+    """Apply ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) over the config's own."""
     if run_dir is not None:
         cfg.run_dir = Path(run_dir)
     if data_dir is not None:
         cfg.data.data_dir = Path(data_dir)
     elif cfg.data.data_dir is None and os.environ.get("REASONREC_DATA_DIR"):
         cfg.data.data_dir = Path(os.environ["REASONREC_DATA_DIR"])
+
+
+def check_experiment(module: ModuleType, cfg, source: str = "<config>") -> None:
+    """Resolve every name the config gives (the method's ``check``); one :class:`ConfigError` lists them all."""
+    from ..checks import Checker
+
+    checker = Checker(source)
+    check = getattr(module, "check", None)
+    if check is not None:
+        check(cfg, checker)
+    checker.raise_if_any()
+
+
+def run_loaded(module: ModuleType, cfg, run_dir: str | Path | None = None,
+               data_dir: str | Path | None = None, source: str = "<config>") -> dict:
+    """Check and run a validated experiment; ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) override the
+    config's. The run holds the run directory's lock from before ``config.yaml`` is written to the end."""
+    resolve_paths(cfg, run_dir, data_dir)
+    check_experiment(module, cfg, source)
     run = RunDir(cfg.run_dir)
-    run.write_config(cfg)
-    return module.run(cfg, run)
+    with run.lock():
+        run.write_config(cfg)
+        return module.run(cfg, run)

@@ -6,7 +6,7 @@ stage with an optional user/item subset, the prompt fields of users and items, a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -17,28 +17,51 @@ from ..data import Splits, load_tables, make_splits
 from ..data.tables import Tables
 from ..errors import DataError
 from ..llm.prompts import item_fields, sample_fields
-from ..runs import RunDir
+from ..runs import RunDir, config_fields
+
+Window = Literal["pre_sample", "train"]
 
 
 @dataclass
 class KnowledgeContext:
     """The samples a knowledge method works on, and the prompt fields of its users and items.
 
-    Users are described by their *train* interactions only and items by the train samples that involve them,
-    so the generated knowledge never sees a test label.
+    ``window`` decides which interactions the LLM may read (R4ec issue 17, deviation 1):
+
+    - ``pre_sample`` (default): only interactions strictly *before the earliest CTR sample the knowledge serves*.
+      A user's prompt shows their last ``history_len`` interactions before their earliest sample (train or test);
+      an item's prompt shows users who rated it before its earliest sample, each with the history before that
+      rating. Construction cases are drawn from the same windows (the target is the window's last interaction),
+      so no CTR sample's label — train or test — ever reaches the LLM. This is what KAR's code does
+      (``preprocess/generate_data_and_prompt.py``: the LM history is ``item_seq[:lm_hist_idx]`` and CTR samples
+      are ``range(lm_hist_idx, len)``).
+    - ``train``: the former behaviour — a user's last train interactions (which include their own train CTR
+      samples, i.e. their labels) and item neighbours from train rows. Kept for comparison only: the CTR model
+      can read train labels from such features and what it learns does not transfer to test.
     """
 
     tables: Tables
     splits: Splits
     like_threshold: float
     history_len: int = 10
-    pos_neg_users: int = 3
+    pos_neg_users: int = 1
     seed: int = 0
+    window: Window = "pre_sample"
+    neighbour_history_len: int | None = None
 
     def __post_init__(self):
         self.domain = self.tables.domain if self.tables.domain in ("movie", "book", "music", "business") else "book"
         self._items = {int(r["item_id"]): r for r in self.tables.items.to_dict("records")}
         self._users = {int(r["user_id"]): r for r in self.tables.users.to_dict("records")}
+        ev = self.tables.interactions[["user_id", "item_id", "rating", "timestamp"]]
+        ev = ev.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+        self._events = ev.assign(label=(ev["rating"] > self.like_threshold).astype(int))
+        both = pd.concat([self.splits.train, self.splits.test])
+        # the earliest CTR sample each user / item serves: the knowledge must come from strictly before it
+        self.first_sample_ts = {side: both.groupby(f"{side}_id")["timestamp"].min().astype("int64").to_dict()
+                                for side in ("user", "item")}
+        self._by_user = {int(u): g for u, g in self._events.groupby("user_id", sort=False)}
+        self._by_item = {int(i): g for i, g in self._events.groupby("item_id", sort=False)}
 
     def n_entities(self, side: str) -> int:
         return int(self.tables.users["user_id"].max() if side == "user" else self.tables.items["item_id"].max())
@@ -47,17 +70,61 @@ class KnowledgeContext:
         return sample_fields(sample, self._items, self._users, like_threshold=self.like_threshold,
                              max_history=self.history_len)
 
-    def _item_neighbours(self, item_id: int, exclude: int | None = None) -> dict[str, list[list[str]]]:
+    def _hist(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
+        """[TITLE, RATING] entries (R4ec's prompt format) of interaction rows."""
+        return [{"title": str(self._items[int(i)]["title"]),
+                 "rating": int(r) if float(r).is_integer() else float(r)}
+                for i, r in zip(rows["item_id"], rows["rating"], strict=True)]
+
+    def user_before(self, user_id: int, ts: int, n: int) -> pd.DataFrame:
+        """The user's last ``n`` interactions strictly before ``ts``."""
+        ev = self._by_user.get(int(user_id))
+        if ev is None:
+            return self._events.iloc[:0]
+        return ev[ev["timestamp"] < ts].tail(n)
+
+    def knowledge_rows(self, side: str, entity_id: int) -> dict[str, pd.DataFrame]:
+        """The interactions a ``pre_sample`` prompt of this entity shows (what the leakage test checks):
+        ``history`` for a user; ``pos`` / ``neg`` (the neighbours' ratings of the item) and ``pos_hist_k`` /
+        ``neg_hist_k`` (their histories) for an item."""
+        t0 = self.first_sample_ts[side][int(entity_id)]
+        if side == "user":
+            return {"history": self.user_before(entity_id, t0, self.history_len)}
+        ev = self._by_item.get(int(entity_id), self._events.iloc[:0])
+        rated = ev[ev["timestamp"] < t0]
+        out: dict[str, pd.DataFrame] = {}
+        n_hist = self.neighbour_history_len or self.history_len
+        for key, label in (("pos", 1), ("neg", 0)):
+            # the most recent raters before the item's first sample: the closest to when it is served
+            part = rated[rated["label"] == label].tail(self.pos_neg_users)
+            out[key] = part
+            for k, r in enumerate(part.itertuples()):
+                out[f"{key}_hist_{k}"] = self.user_before(r.user_id, r.timestamp, n_hist)
+        return out
+
+    def _item_fields_pre(self, item_id: int, rows: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        out = {"target": item_fields(self._items[item_id]), "like_threshold": self.like_threshold}
+        for key in ("pos", "neg"):
+            out[f"{key}_histories"] = [self._hist(rows[f"{key}_hist_{k}"]) for k in range(len(rows[key]))]
+        return out
+
+    def _item_neighbours(self, item_id: int, exclude: int | None = None) -> dict[str, list[list[dict]]]:
+        """``train`` window: likers / dislikers among train rows (their last ``neighbour_history_len`` titles)."""
         train = self.splits.train
         rows = train[(train["item_id"] == item_id) & (train.index != exclude)]
+        n_hist = self.neighbour_history_len or self.history_len
         out = {}
         for key, label in (("pos_histories", 1), ("neg_histories", 0)):
             part = rows[rows["label"] == label].head(self.pos_neg_users)
-            out[key] = [[str(self._items[int(i)]["title"]) for i in list(h)[-5:]] for h in part["hist_item_ids"]]
+            out[key] = [[{"title": str(self._items[int(i)]["title"]), "rating": int(r)}
+                         for i, r in zip(list(h)[-n_hist:], list(rr)[-n_hist:], strict=True)]
+                        for h, rr in zip(part["hist_item_ids"], part["hist_ratings"], strict=True)]
         return out
 
     def cases(self, side: str, fraction: float) -> list[dict[str, Any]]:
         """One supervision case for a seeded ``fraction`` of the users (or items) — R4ec §4.1.5."""
+        if self.window == "pre_sample":
+            return self._cases_pre(side, fraction)
         rng = np.random.default_rng(self.seed)
         train = self.splits.train
         col = "user_id" if side == "user" else "item_id"
@@ -75,8 +142,63 @@ class KnowledgeContext:
             out.append({"key": f"{side}:{eid}:{idx}", "fields": fields, "label": int(sample["label"])})
         return out
 
+    def _cases_pre(self, side: str, fraction: float) -> list[dict[str, Any]]:
+        """Construction cases inside the pre-sample windows. User: the target is the window's last interaction
+        and the history the ones before it. Item: the target user is the most recent rater before the item's
+        first sample (with their history before that rating); the liker / disliker shown are other raters."""
+        rng = np.random.default_rng(self.seed)
+        ids = np.sort(np.fromiter(self.first_sample_ts[side], dtype=np.int64))
+        chosen = sorted(int(x) for x in rng.choice(ids, size=max(1, int(round(fraction * len(ids)))),
+                                                   replace=False))
+        out = []
+        for eid in chosen:
+            t0 = self.first_sample_ts[side][eid]
+            if side == "user":
+                window = self.user_before(eid, t0, self.history_len + 1)
+                if len(window) < 2:
+                    continue
+                tgt = window.iloc[-1]
+                hist = window[window["timestamp"] < tgt["timestamp"]].tail(self.history_len)
+                if hist.empty:
+                    continue
+                sample = {"user_id": eid, "item_id": int(tgt["item_id"]), "hist_item_ids": hist["item_id"].tolist(),
+                          "hist_ratings": hist["rating"].tolist(), "hist_labels": hist["label"].tolist()}
+                out.append({"key": f"user:{eid}:{int(tgt['item_id'])}:{int(tgt['timestamp'])}",
+                            "fields": self._fields(sample),
+                            "label": int(tgt["label"])})
+                continue
+            ev = self._by_item.get(eid, self._events.iloc[:0])
+            rated = ev[ev["timestamp"] < t0]
+            if rated.empty:
+                continue
+            tgt = rated.iloc[-1]
+            rest = rated.iloc[:-1]
+            n_hist = self.neighbour_history_len or self.history_len
+            fields = {"target": item_fields(self._items[eid]), "like_threshold": self.like_threshold,
+                      "target_history": self._hist(self.user_before(tgt["user_id"], tgt["timestamp"],
+                                                                    self.history_len))}
+            for key, label in (("pos", 1), ("neg", 0)):
+                part = rest[rest["label"] == label].tail(self.pos_neg_users)
+                fields[f"{key}_histories"] = [self._hist(self.user_before(r.user_id, r.timestamp, n_hist))
+                                              for r in part.itertuples()]
+            if not fields["target_history"]:
+                continue
+            out.append({"key": f"item:{eid}:{int(tgt['user_id'])}", "fields": fields, "label": int(tgt["label"])})
+        return out
+
     def entities(self, side: str) -> tuple[list[int], list[dict[str, Any]]]:
         """Every user (or item) of the samples, with the fields the actor sees (no target)."""
+        if self.window == "pre_sample":
+            ids = sorted(int(i) for i in self.first_sample_ts[side])
+            if side == "user":
+                fields = []
+                for u in ids:
+                    h = self.knowledge_rows("user", u)["history"]
+                    fields.append(self._fields({"user_id": u, "hist_item_ids": h["item_id"].tolist(),
+                                                "hist_ratings": h["rating"].tolist(),
+                                                "hist_labels": h["label"].tolist()}))
+                return ids, fields
+            return ids, [self._item_fields_pre(i, self.knowledge_rows("item", i)) for i in ids]
         train = self.splits.train
         if side == "user":
             last = train.sort_values("timestamp", kind="stable").groupby("user_id").tail(1)
@@ -119,7 +241,12 @@ def prepare_splits(data: DataSection, run: RunDir, subset=None) -> KnowledgeCont
     """The ``data`` stage: raw files → protocol samples (→ subset), saved in the run directory; the manifest
     records the raw files' checksums."""
     tables = load_tables(data.dataset, data.data_dir, category=data.category)
-    st = run.stage("data")
+    # data_dir is left out: the raw files' sha256 say whether the data changed, wherever it lives
+    depends = {**config_fields(data, "dataset", "category", "protocol", "seed", "options", prefix="data."),
+               **{f"raw/{name}": sha for name, sha in sorted(tables.checksums.items())}}
+    if subset is not None:
+        depends.update(config_fields(subset, "users", "items", prefix="subset."))
+    st = run.stage("data", depends=depends)
     if st.done:
         splits = Splits.load(st.path / "splits")
     else:
@@ -131,7 +258,9 @@ def prepare_splits(data: DataSection, run: RunDir, subset=None) -> KnowledgeCont
         st.complete(["splits", "stats.json"])
     run.write_manifest(tables.checksums)
     threshold = float(getattr(splits.options, "label_threshold", None) or 3.0)
-    kw = {} if subset is None else {"history_len": subset.history_len, "pos_neg_users": subset.pos_neg_users}
+    kw = {} if subset is None else {"history_len": subset.history_len, "pos_neg_users": subset.pos_neg_users,
+                                    "window": subset.knowledge_window,
+                                    "neighbour_history_len": subset.neighbour_history_len}
     return KnowledgeContext(tables, splits, threshold, seed=data.seed, **kw)
 
 
@@ -148,17 +277,23 @@ def holdout_last(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd
 
 
 def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str, dict | None], rec,
-                              progress: bool = False) -> dict:
+                              progress: bool = False, model_options: dict[str, dict] | None = None,
+                              predictions: list[pd.DataFrame] | None = None) -> dict:
     """Eq. 12: train every backbone of ``rec.backbones`` once per knowledge variant and seed on the same
     samples. A variant is ``None`` (no knowledge), ``{"user": table, "item": table}`` of vectors indexed by
     id (row 0 = padding), or ``{"sample": column, "dim": d}`` naming a column of the samples that holds one
     vector per row; vectors are fed through the backbone's connectors. Returns
-    ``{backbone: {variant: {"auc", "logloss", "uauc", "acc" (means over seeds), "runs": [...]}}}``."""
+    ``{backbone: {variant: {"auc", "logloss", "uauc", "acc" (means over seeds), "runs": [...]}}}``.
+    ``model_options`` maps a variant to :class:`~reasonrec.rec.ctr.base.CTRModelConfig` fields (e.g. KAR's row
+    uses ``{"connector": "hybrid"}``); other variants use the backbone defaults. If ``predictions`` is a list,
+    every run's test predictions are appended to it (:func:`reasonrec.eval.results.prediction_frame`;
+    ``sample`` = row position in ``splits.test``)."""
     import torch
 
-    from ..rec.ctr import build_ctr_model
+    from ..eval.results import prediction_frame
+    from ..rec.ctr import CTRModelConfig, build_ctr_model
     from ..rec.features import FeatureBuilder, KnowledgeInput
-    from ..rec.trainer import CTRTrainConfig, train_ctr
+    from ..rec.trainer import CTRTrainConfig, predict, train_ctr
 
     if splits.valid is not None and len(splits.valid):
         train, valid = splits.train, splits.valid
@@ -180,9 +315,14 @@ def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str
             runs = []
             for seed in rec.seeds:
                 torch.manual_seed(seed)
-                model = build_ctr_model(backbone, fb.feature_map)
+                opts = (model_options or {}).get(variant)
+                model = build_ctr_model(backbone, fb.feature_map, CTRModelConfig(**opts) if opts else None)
                 cfg = CTRTrainConfig(seed=seed, epochs=rec.epochs, batch_size=rec.batch_size, progress=progress)
                 m = train_ctr(model, enc["train"], enc["valid"], cfg, test=enc["test"])
+                if predictions is not None:
+                    test = enc["test"]
+                    predictions.append(prediction_frame(backbone, variant, seed, test.user_ids, test.labels,
+                                                        predict(model, test)))
                 runs.append({k: m[k] for k in ("auc", "logloss", "uauc", "acc", "valid/auc", "best_epoch")})
             mean = {k: float(np.mean([r[k] for r in runs])) for k in ("auc", "logloss", "uauc", "acc")}
             results[backbone][variant] = {**mean, "runs": runs}

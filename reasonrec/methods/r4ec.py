@@ -3,7 +3,7 @@ into CTR backbones. A composition of the substrate; the paper's steps map to cod
 
 ==========================  ===================================================================================
 Algorithm 1, §3.3           :func:`stage_construct` → :func:`~reasonrec.methods.r4ec_steps.construct`
-eq. 7-10 (actor, reflector)  :func:`stage_train` → four LoRA SFT runs (:func:`reasonrec.train.sft.train_sft`)
+eq. 7-10 (actor, reflector)  :func:`stage_train` → LoRA SFT runs (:func:`reasonrec.train.sft.train_sft`)
 §3.5 inference              :func:`stage_infer` → ``iterative_refinement`` and ``reflection_filter``
 eq. 11-12                   :func:`stage_encode` (knowledge encoder) and :func:`stage_rec` (connectors + backbones)
 ==========================  ===================================================================================
@@ -11,29 +11,38 @@ eq. 11-12                   :func:`stage_encode` (knowledge encoder) and :func:`
 Every stage writes into the run directory and is skipped when complete; LLM calls go through the persistent
 generation cache, so an interrupted stage resumes without asking the model twice.
 
-Ablations written to ``results.json`` (same test samples, same seeds): ``base`` (backbone alone), ``system1``
-(the actor's first answer only: KAR-like System-1 knowledge), ``refine`` (iterative refinement) and ``filter``
-(reflection as a filter).
+Variants written to ``results.json`` (R4ec Tab. 2; same test samples, same seeds, same knowledge windows):
+
+============  ===================================================================  ===================
+``results.json`` follows :mod:`reasonrec.eval.results` (intervals by user bootstrap, paired Δ vs
+``results.reference``), computed from the per-sample predictions in ``rec/predictions.parquet``; ``results.md``
+is rendered from it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .. import io
 from ..config import DataSection, Section
+from ..eval import results as R
 from ..llm.base import LLMSection
-from ..runs import RunDir
+from ..runs import RunDir, config_fields
 from . import r4ec_steps as steps
 from .common import prepare_splits, train_knowledge_backbones
 
-VARIANTS = ("base", "system1", "refine", "filter")
+VARIANTS = ("base", "kar", "r2ec", "r4ec_refine", "r4ec_filter")
+KNOWLEDGE_VARIANTS = VARIANTS[1:]
+# adapter role → construction sets it is trained on (Algorithm 1; eq. 7-9 actor, eq. 10 reflector; R4ec §4.1.4
+# R²ec: "only the obtained D_reason for training a single actor")
+SFT_SETS = {"actor": ("reason", "refine"), "reflect": ("reflect",), "r2ec": ("reason",)}
 
 
 class SubsetSection(Section):
@@ -45,15 +54,22 @@ class SubsetSection(Section):
             users; ``None`` = all items.
         construct_fraction: share of users and of items that get one supervision case each for Algorithm 1;
             R4ec §4.1.5 uses 40%.
-        pos_neg_users: users who liked / disliked an item shown in the item prompts (each).
-        history_len: interactions shown per history in prompts.
+        pos_neg_users: users who liked / disliked an item shown in the item prompts (each); default 1 (R4ec
+            ``prompt/prompt.py``: one user who likes the item and one who does not).
+        history_len: interactions shown per history in prompts; default 10 (the ``kar`` protocol's pre-sample
+            window is the first 10 interactions).
+        neighbour_history_len: interactions shown per liker / disliker in item prompts; ``None`` = history_len.
+        knowledge_window: ``pre_sample`` (default: only interactions before the earliest CTR sample the knowledge
+            serves, as KAR's code) or ``train`` (the former, leaking behaviour; see the module docstring).
     """
 
-    users: int | None = None
-    items: int | None = None
+    users: int | None = Field(None, ge=1)
+    items: int | None = Field(None, ge=1)
     construct_fraction: float = Field(0.4, gt=0, le=1)
-    pos_neg_users: int = Field(3, ge=1)
+    pos_neg_users: int = Field(1, ge=1)
     history_len: int = Field(10, ge=1)
+    neighbour_history_len: int | None = Field(None, ge=1)
+    knowledge_window: Literal["pre_sample", "train"] = "pre_sample"
 
 
 class GenerationSection(Section):
@@ -67,6 +83,12 @@ class GenerationSection(Section):
         filter_temperature: sampling temperature of those samples.
         prime: start every answer with its opening tag (``<User Preference>``, ``<Final Judgement>`` ...):
             response priming, which small models need to answer in the tagged format at all. Local backends only.
+        constrain: constrain decoding to each step's answer format (``reasonrec.llm.specs``: tags, verdict phrases,
+            bounded free text), so every answer parses. ``None`` (default) = wherever the backend enforces regex
+            constraints (transformers, llama.cpp, vLLM; an HTTP server only with ``options.structured: vllm``);
+            ``true`` on a backend that cannot is an error; ``false`` = parse-and-retry only. The run records which
+            (``constrained`` in the branch counts). vLLM refuses ``prime`` together with a constraint (it constrains
+            the continuation only); the constraint already writes the opening tags.
     """
 
     max_new_tokens: int = Field(200, ge=8)
@@ -75,6 +97,11 @@ class GenerationSection(Section):
     filter_k: int = Field(3, ge=1)
     filter_temperature: float = Field(0.8, gt=0)
     prime: bool = False
+    constrain: bool | None = None
+
+
+def _constrain(g: GenerationSection, llm) -> bool:
+    return g.constrain if g.constrain is not None else "constraint:regex" in llm.supports
 
 
 class ActorTrainSection(Section):
@@ -82,7 +109,8 @@ class ActorTrainSection(Section):
     linear layers, lr 1e-4, 3 epochs, cosine schedule, 10% warm-up).
 
     Fields:
-        base_model: the model the four adapters are trained on (and inference runs on).
+        base_model: the model the adapters (actor, reflector, R²ec actor per side) are trained on, and the
+            un-tuned model of the kar row.
         epochs, learning_rate, batch_size, max_length: the SFT settings.
         infer_backend: the backend that runs the trained adapters at inference (§3.5): ``transformers``
             (CPU/GPU) or ``vllm`` (GPU throughput, adapters served as LoRA requests).
@@ -101,7 +129,7 @@ class ActorTrainSection(Section):
     @classmethod
     def _adapters_are_trained(cls, options: dict[str, Any]) -> dict[str, Any]:
         if "adapters" in options:
-            raise ValueError("'adapters' is set by the run (the four adapters the train stage writes); remove it "
+            raise ValueError("'adapters' is set by the run (the adapters the train stage writes); remove it "
                              "from train.infer_options")
         return options
 
@@ -117,15 +145,41 @@ class RecSection(Section):
         valid_fraction: the last share of each user's train samples held out for early stopping (kar has no
             validation split).
         history_len: history items the backbones read (KAR ``ctr_hist_len`` = 10).
+        connectors: connector of each knowledge variant; default ``hybrid`` for ``kar`` (KAR's hybrid-expert
+            adaptor) and ``mlp`` (R4ec eq. 12) for the others.
+        hybrid_shared, hybrid_experts: shared / specific experts of the ``hybrid`` connector; default 2 / 5
+            (KAR ``RS/run_ctr.py``: ``export_num = 2``, ``specific_export_num = 5``).
     """
 
-    backbones: list[str] = Field(default_factory=lambda: ["din", "dcn", "autoint", "gru4rec_ctr"])
+    backbones: list[str] = Field(default_factory=lambda: ["din", "dcn", "autoint", "gru4rec_ctr"], min_length=1)
     encoder: str = "minilm"
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     history_len: int = Field(10, ge=1)
+    connectors: dict[str, Literal["mlp", "moe", "hybrid"]] = Field(
+        default_factory=lambda: {"kar": "hybrid", "r2ec": "mlp", "r4ec_refine": "mlp", "r4ec_filter": "mlp"})
+    hybrid_shared: int = Field(2, ge=1)
+    hybrid_experts: int = Field(5, ge=1)
+
+    @field_validator("connectors")
+    @classmethod
+    def _known_variants(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(KNOWLEDGE_VARIANTS))
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; the knowledge variants are {list(KNOWLEDGE_VARIANTS)}")
+        return {v: value.get(v, "mlp") for v in KNOWLEDGE_VARIANTS}
+
+    def model_options(self) -> dict[str, dict]:
+        """CTRModelConfig fields per variant (the connector, and KAR's expert counts for ``hybrid``)."""
+        out = {}
+        for variant, conn in self.connectors.items():
+            opts: dict[str, Any] = {"connector": conn}
+            if conn == "hybrid":
+                opts.update(n_shared=self.hybrid_shared, n_experts=self.hybrid_experts)
+            out[variant] = opts
+        return out
 
 
 class Config(Section):
@@ -139,13 +193,33 @@ class Config(Section):
     generation: GenerationSection = Field(default_factory=GenerationSection)
     train: ActorTrainSection = Field(default_factory=ActorTrainSection)
     rec: RecSection = Field(default_factory=RecSection)
+    results: R.ResultsSection = Field(default_factory=R.ResultsSection)
+
+    @model_validator(mode="after")
+    def _reference_is_a_variant(self):
+        # checked at load: a wrong name would otherwise surface only after the whole run
+        if self.results.reference not in VARIANTS:
+            raise ValueError(f"results.reference must be one of {list(VARIANTS)}; got '{self.results.reference}'")
+        return self
+
+
+def check(cfg: Config, checker) -> None:
+    """Every name the config gives, resolved before any stage runs (:mod:`reasonrec.checks`)."""
+    checker.data("data", cfg.data)
+    checker.llm("teacher.name", cfg.teacher.name, cfg.teacher.backend, cfg.teacher.options)
+    # the base model is trained on transformers, then served by train.infer_backend
+    checker.llm("train.base_model", cfg.train.base_model, cfg.train.infer_backend, cfg.train.infer_options,
+                trainable=True, backend_key="train.infer_backend", options_key="train.infer_options")
+    checker.encoder("rec.encoder", cfg.rec.encoder)
+    checker.backbones("rec.backbones", cfg.rec.backbones)
 
 
 # ---------------------------------------------------------------------------------------------- stages
 
 def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
     """Algorithm 1 for users and its §3.3 twin for items, with the teacher."""
-    st = run.stage("construct")
+    st = run.stage("construct", after=["data"], depends=config_fields(
+        cfg, "teacher", "generation", "subset", "data.seed"))
     if st.done:
         return st.info()["branches"]
     from ..llm.base import load_llm
@@ -153,7 +227,7 @@ def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
     teacher = load_llm(cfg.teacher.name, backend=cfg.teacher.backend,
                        cache=cfg.teacher.cache or run.root / "llm_cache.sqlite", **cfg.teacher.options)
     gen = steps.GenArgs(cfg.generation.max_new_tokens, 0.0, cfg.generation.max_attempts, cfg.data.seed,
-                         cfg.generation.prime)
+                         cfg.generation.prime, constrain=_constrain(cfg.generation, teacher), domain=ctx.domain)
     branches, files = {}, []
     for side in ("user", "item"):
         built = steps.construct(teacher, side, ctx.domain, ctx.cases(side, cfg.subset.construct_fraction), gen)
@@ -161,48 +235,106 @@ def stage_construct(cfg: Config, run: RunDir, ctx) -> dict:
             io.write_parquet(st.path / f"{side}_{name}.parquet", pd.DataFrame(
                 getattr(built, name), columns=["key", "system", "prompt", "completion"]))
             files.append(f"{side}_{name}.parquet")
-        branches[side] = {**dict(built.branches), **built.parse.as_dict()}
+        branches[side] = {**dict(built.branches), **built.parse.as_dict(), "constrained": int(gen.constrain)}
     st.complete(files, branches=branches)
     return branches
 
 
-def stage_train(cfg: Config, run: RunDir) -> dict[str, Path]:
-    """Eq. 7-9: the actor on reasoning + refinement data; eq. 10: the reflection model on reflection data."""
+def sft_data(construct_dir: Path, side: str, role: str) -> pd.DataFrame:
+    """The rows adapter ``{side}_{role}`` is trained on: the construction sets of :data:`SFT_SETS`."""
+    return pd.concat([pd.read_parquet(construct_dir / f"{side}_{n}.parquet") for n in SFT_SETS[role]],
+                     ignore_index=True)
+
+
+def stage_train(cfg: Config, run: RunDir) -> dict[str, Path | None]:
+    """Eq. 7-9: the actor on reasoning + refinement data; eq. 10: the reflection model on reflection data;
+    R²ec's actor on reasoning data only. ``train/sets.json`` records the rows (keys) each adapter saw."""
     from ..train.config import SFTConfig
     from ..train.sft import train_sft
 
-    src, adapters = run.stage("construct").path, {}
+    st = run.stage("train", after=["construct"], depends=config_fields(
+        cfg, "train.base_model", "train.epochs", "train.learning_rate", "train.batch_size", "train.max_length",
+        "data.seed"))
+    if st.done:
+        return {k: None if v is None else st.path / v for k, v in st.info()["adapters"].items()}
+    src, adapters, sets = run.stage("construct").path, {}, {}
     for side in ("user", "item"):
-        sets = {"actor": ["reason", "refine"], "reflect": ["reflect"]}
-        for role, names in sets.items():
-            df = pd.concat([pd.read_parquet(src / f"{side}_{n}.parquet") for n in names], ignore_index=True)
-            out = run.root / "train" / f"{side}_{role}"
+        for role in SFT_SETS:
+            name = f"{side}_{role}"
+            df = sft_data(src, side, role)
+            sets[name] = {"sets": list(SFT_SETS[role]), "keys": df["key"].tolist()}
             if df.empty:  # the teacher kept nothing: the role falls back to the base model (recorded)
-                adapters[f"{side}_{role}"] = None
+                adapters[name] = None
                 continue
+            if role == "r2ec" and len(sft_data(src, side, "actor")) == len(df):
+                # no refinement rows: the actor's data is D_reason alone, so its adapter is R²ec's too
+                adapters[name] = adapters[f"{side}_actor"]
+                sets[name]["same_as"] = f"{side}_actor"
+                continue
+            out = run.root / "train" / name
             sft = SFTConfig.model_validate({
                 "model": {"name": cfg.train.base_model, "lora": {"targets": "all-linear"}},
-                "data": {"train": src / f"{side}_{names[0]}.parquet"},
+                "data": {"train": src / f"{side}_{SFT_SETS[role][0]}.parquet"},
                 "system_column": "system",
                 "training": {"output_dir": out, "seed": cfg.data.seed, "learning_rate": cfg.train.learning_rate,
                              "num_train_epochs": cfg.train.epochs, "lr_scheduler_type": "cosine",
                              "warmup_ratio": 0.1, "per_device_train_batch_size": cfg.train.batch_size,
                              "max_length": cfg.train.max_length, "logging_steps": 1},
             })
-            run.log(f"train {side}_{role}: LoRA SFT on {len(df)} samples")
-            adapters[f"{side}_{role}"] = train_sft(sft, df).adapter_dir
+            run.log(f"train {name}: LoRA SFT on {len(df)} samples ({' + '.join(SFT_SETS[role])})")
+            adapters[name] = train_sft(sft, df).adapter_dir
+    sets = {name: {**s, "adapter": None if adapters[name] is None else str(adapters[name])}
+            for name, s in sets.items()}
+    io.write_json(run.root / "train" / "sets.json", sets)
+    rel = {k: None if v is None else Path(v).resolve().relative_to(st.path.resolve()).as_posix()
+           for k, v in adapters.items()}
+    st.complete([v for v in rel.values() if v is not None] + ["sets.json"], adapters=rel)
     return adapters
 
 
+def infer_side(llm, side: str, domain: str, entities: list, adapters: dict[str, Path | None],
+               g: GenerationSection, gen: steps.GenArgs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """§3.5 and the ablations for one side: the texts of every knowledge variant, and their statistics."""
+    def name(role: str) -> str | None:
+        return f"{side}_{role}" if adapters.get(f"{side}_{role}") else None
+
+    actor, reflector = name("actor"), name("reflect")
+    kar, kar_stats = steps.single_answer(llm, side, domain, entities, adapter=None, gen=gen)
+    r2ec, r2ec_stats = steps.single_answer(llm, side, domain, entities, adapter=name("r2ec"), gen=gen)
+    ref = steps.iterative_refinement(llm, side, domain, entities, actor=actor, reflector=reflector,
+                                     max_steps=g.max_refine_steps, gen=gen)
+    filt = steps.reflection_filter(llm, side, domain, entities, actor=actor, reflector=reflector,
+                                   k=g.filter_k, temperature=g.filter_temperature, gen=gen)
+    texts = {"kar": kar, "r2ec": r2ec, "r4ec_first": ref.first, "r4ec_refine": ref.final,
+             "filter_samples": filt.samples, "filter_keep": filt.keep}
+    n = max(len(entities), 1)
+    stats = {
+        "entities": len(entities), "refined": ref.refined, "constrained": int(gen.constrain),
+        "adapters": {"kar": None, "r2ec": name("r2ec"), "actor": actor, "reflector": reflector},
+        # shares of all entities; judged unparsed (after retries) are reported apart, never as reasonable
+        "unreasonable_before": ref.judged_unreasonable_first / n,
+        "unreasonable_after": ref.judged_unreasonable_final / n,
+        "judge_unparsed_before": ref.judge_unparsed_first, "judge_unparsed_after": ref.judge_unparsed_final,
+        "filter_kept_fraction": filt.kept_fraction, "filter_judge_unparsed": filt.judge_unparsed,
+        **{f"kar_{k}": v for k, v in kar_stats.as_dict().items()},
+        **{f"r2ec_{k}": v for k, v in r2ec_stats.as_dict().items()},
+        **{f"refine_{k}": v for k, v in ref.parse.as_dict().items()},
+        **{f"filter_{k}": v for k, v in filt.parse.as_dict().items()},
+    }
+    return texts, stats
+
+
 def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None]) -> dict:
-    """§3.5 for every user and item of the subset: iterative refinement (its first answer is the System-1
-    ablation) and reflection as a filter."""
-    st = run.stage("infer")
+    """§3.5 for every user and item of the subset: iterative refinement and reflection as a filter with the
+    trained adapters, plus the single answers of the KAR (un-tuned model) and R²ec (D_reason actor) rows."""
+    st = run.stage("infer", after=["data", "train"], depends=config_fields(
+        cfg, "train.base_model", "train.infer_backend", "train.infer_options", "generation", "subset", "data.seed"))
     if st.done:
         return st.info()["stats"]
     from ..llm.base import load_llm
 
     trained = {name: str(path) for name, path in adapters.items() if path is not None}
+    trained = dict(sorted(trained.items()))
     cache = run.root / "llm_cache.sqlite"
     if cfg.train.infer_backend == "vllm":  # vLLM registers LoRA adapters when the engine starts
         llm = load_llm(cfg.train.base_model, backend="vllm", cache=cache, **{"adapters": trained,
@@ -212,60 +344,64 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
         for name, path in trained.items():
             llm.load_adapter(name, path)
     g = cfg.generation
-    gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed, g.prime)
+    gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed, g.prime, constrain=_constrain(g, llm),
+                        domain=ctx.domain)
     stats, files = {}, []
     for side in ("user", "item"):
         ids, entities = ctx.entities(side)
-        actor = f"{side}_actor" if adapters.get(f"{side}_actor") else None
-        reflector = f"{side}_reflect" if adapters.get(f"{side}_reflect") else None
-        ref = steps.iterative_refinement(llm, side, ctx.domain, entities, actor=actor, reflector=reflector,
-                                         max_steps=g.max_refine_steps, gen=gen)
-        filt = steps.reflection_filter(llm, side, ctx.domain, entities, actor=actor, reflector=reflector,
-                                       k=g.filter_k, temperature=g.filter_temperature, gen=gen)
-        io.write_parquet(st.path / f"{side}.parquet", pd.DataFrame({
-            "entity_id": ids, "system1": ref.first, "refine": ref.final,
-            "filter_samples": filt.samples, "filter_keep": filt.keep}))
+        texts, stats[side] = infer_side(llm, side, ctx.domain, entities, adapters, g, gen)
+        io.write_parquet(st.path / f"{side}.parquet", pd.DataFrame({"entity_id": ids, **texts}))
         files.append(f"{side}.parquet")
-        n = max(len(ids), 1)
-        stats[side] = {
-            "entities": len(ids), "refined": ref.refined,
-            "unreasonable_before": ref.judged_unreasonable_first / n,
-            "unreasonable_after": ref.judged_unreasonable_final / n,
-            "filter_kept_fraction": filt.kept_fraction,
-            **{f"refine_{k}": v for k, v in ref.parse.as_dict().items()},
-            **{f"filter_{k}": v for k, v in filt.parse.as_dict().items()},
-        }
     st.complete(files, stats=stats)
     return stats
 
 
+def filter_pool(emb: np.ndarray, keep: np.ndarray, parsed: np.ndarray, fallback: np.ndarray
+                ) -> tuple[np.ndarray, dict[str, int]]:
+    """§3.5 "Reflection as a Filter" pooling over (N, k, d) sample vectors: the mean of the kept parsed samples;
+    none kept → the mean of the parsed ones (the paper: "average all the available knowledge"); none parsed →
+    ``fallback`` (N, d), the entity's refined answer. Empty (unparsed) samples are never averaged."""
+    use = keep & parsed
+    none_kept = ~use.any(axis=1)
+    use[none_kept] = parsed[none_kept]
+    none_parsed = ~use.any(axis=1)
+    pooled = (emb * use[..., None]).sum(1) / np.maximum(use.sum(1, keepdims=True), 1)
+    pooled[none_parsed] = fallback[none_parsed]
+    return pooled.astype(np.float32), {"none_kept": int(none_kept.sum() - none_parsed.sum()),
+                                       "none_parsed_fallback_refined": int(none_parsed.sum())}
+
+
 def stage_encode(cfg: Config, run: RunDir, ctx) -> dict[str, dict[str, np.ndarray]]:
-    """Eq. 11: encode the final texts; the filter variant averages the kept samples' vectors (all of them when
-    none is kept). Returns ``{variant: {"user": table, "item": table}}`` indexed by id (row 0 = padding)."""
+    """Eq. 11: encode every variant's texts; the filter variant pools its samples (:func:`filter_pool`).
+    Returns ``{variant: {"user": table, "item": table}}`` indexed by id (row 0 = padding)."""
     from ..knowledge import load_encoder
 
-    st = run.stage("encode")
+    st = run.stage("encode", after=["infer"], depends=config_fields(cfg, "rec.encoder"))
     if not st.done:
         encoder = load_encoder(cfg.rec.encoder)
+        counts = {}
         for side in ("user", "item"):
             df = pd.read_parquet(run.stage("infer").path / f"{side}.parquet")
             size = ctx.n_entities(side) + 1
             vecs = {}
-            for variant in ("system1", "refine"):
-                emb = encoder.encode(df[variant].tolist())
-                vecs[variant] = _table(size, df["entity_id"], emb)
-            flat = [t for row in df["filter_samples"] for t in row]
-            emb = encoder.encode(flat).reshape(len(df), -1, vecs["refine"].shape[1])
-            keep = np.array([list(k) for k in df["filter_keep"]], dtype=bool)
-            keep[~keep.any(axis=1)] = True  # §3.5: none kept → average all
-            pooled = (emb * keep[..., None]).sum(1) / keep.sum(1, keepdims=True)
-            vecs["filter"] = _table(size, df["entity_id"], pooled)
+            for variant in ("kar", "r2ec", "r4ec_refine"):
+                vecs[variant] = _table(size, df["entity_id"], encoder.encode(df[variant].tolist()))
+            samples = [list(row) for row in df["filter_samples"]]
+            k = max((len(s) for s in samples), default=0)
+            flat = [t for row in samples for t in row]
+            emb = encoder.encode(flat).reshape(len(df), k, encoder.dim)
+            parsed = np.array([[bool(t) for t in row] for row in samples], dtype=bool).reshape(len(df), k)
+            keep = np.array([list(x) for x in df["filter_keep"]], dtype=bool).reshape(len(df), k)
+            refined = vecs["r4ec_refine"][np.asarray(df["entity_id"], dtype=int)]
+            pooled, counts[side] = filter_pool(emb, keep, parsed, refined)
+            counts[side].update({f"empty_{v}": int((df[v] == "").sum()) for v in ("kar", "r2ec", "r4ec_refine")})
+            vecs["r4ec_filter"] = _table(size, df["entity_id"], pooled)
             with io.atomic_path(st.path / f"{side}.npz") as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **vecs)
-        st.complete(["user.npz", "item.npz"])
+        st.complete(["user.npz", "item.npz"], counts=counts)
     loaded = {side: np.load(st.path / f"{side}.npz") for side in ("user", "item")}
-    return {v: {side: loaded[side][v] for side in ("user", "item")} for v in ("system1", "refine", "filter")}
+    return {v: {side: loaded[side][v] for side in ("user", "item")} for v in KNOWLEDGE_VARIANTS}
 
 
 def _table(size: int, ids, emb: np.ndarray) -> np.ndarray:
@@ -276,14 +412,37 @@ def _table(size: int, ids, emb: np.ndarray) -> np.ndarray:
 
 def stage_rec(cfg: Config, run: RunDir, ctx, knowledge: dict) -> dict:
     """Eq. 12 for every backbone × variant × seed on the same test samples."""
-    st = run.stage("rec")
+    st = run.stage("rec", after=["data", "encode"], depends=config_fields(cfg, "rec"))
     if st.done:
-        return json.loads((st.path / "results.json").read_text())
+        return json.loads((st.path / "metrics.json").read_text())
     variants = {"base": None, **knowledge}
-    results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec)
-    io.write_json(st.path / "results.json", results)
-    st.complete(["results.json"])
+    preds: list[pd.DataFrame] = []
+    results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec,
+                                        model_options=cfg.rec.model_options(), predictions=preds)
+    io.write_json(st.path / "metrics.json", results)
+    # kept (with each sample's subgroups) so every interval can be recomputed without retraining
+    io.write_parquet(st.path / "predictions.parquet", R.attach_subgroups(
+        pd.concat(preds, ignore_index=True), ctx.splits.test, ctx.splits.train, cfg.results.activity_edges))
+    st.complete(["metrics.json", "predictions.parquet"])
     return results
+
+
+def write_results(cfg: Config, run: RunDir, ctx, details: dict) -> R.Results:
+    """``results.json`` / ``results.parquet`` / ``timings.json`` / ``results.md`` from the rec stage's
+    predictions (:mod:`reasonrec.eval.results`)."""
+    from ..runs import package_versions
+
+    splits = ctx.splits
+    preds = pd.read_parquet(run.stage("rec").path / "predictions.parquet")
+    res = R.build_results(
+        preds, cfg.results, method="r4ec", dataset=splits.dataset, protocol=splits.protocol,
+        split_checksum=R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test}),
+        config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="rec/predictions.parquet",
+        details=details)
+    R.write_results(run.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                             stage_seconds=_stage_seconds(run)))
+    io.write_text(run.root / "results.md", results_table(res))
+    return res
 
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
@@ -296,27 +455,31 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     both = pd.concat([ctx.splits.train, ctx.splits.test])
     data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test), "users": int(both["user_id"].nunique()),
             "items": int(both["item_id"].nunique())}
-    seconds = {name: run_dir.stage(name).info().get("seconds") for name in ("construct", "infer", "encode", "rec")}
-    summary = {"data": data, "stage_seconds": seconds, "branches": branches, "inference": infer_stats,
-               "rec": results}
-    io.write_json(run_dir.root / "results.json", summary)
-    io.write_text(run_dir.root / "results.md", results_table(summary))
-    return summary
+    details = {"data": data, "branches": branches, "inference": infer_stats,
+               "encode": run_dir.stage("encode").info().get("counts", {}),
+               "connectors": {"base": None, **cfg.rec.connectors},
+               "knowledge_window": cfg.subset.knowledge_window,
+               # the report's text tables (reasonrec.eval.report): each variant's knowledge per user / item
+               "report_texts": [{"path": f"infer/{side}.parquet", "id_column": "entity_id",
+                                 "user_column": "entity_id" if side == "user" else None,
+                                 "columns": ["kar", "r2ec", "r4ec_refine"], "caption": f"{side} knowledge"}
+                                for side in ("user", "item")]}
+    res = write_results(cfg, run_dir, ctx, details)
+    return {**details, "stage_seconds": _stage_seconds(run_dir), "rec": results, "results": res}
 
 
-def results_table(summary: dict) -> str:
-    """AUC and LogLoss per backbone × variant (mean ± sd over seeds, and the AUC difference to the backbone alone),
-    then the data sizes, Algorithm 1's branch counts and the inference statistics."""
-    lines = ["| backbone | variant | AUC | ± sd | Δ AUC vs base | LogLoss |", "|---|---|---|---|---|---|"]
-    for backbone, by_variant in summary["rec"].items():
-        base = by_variant.get("base", {}).get("auc")
-        for variant in VARIANTS:
-            if variant in by_variant:
-                r = by_variant[variant]
-                sd = float(np.std([x["auc"] for x in r.get("runs", [])] or [0.0]))
-                delta = "" if base is None or variant == "base" else f"{r['auc'] - base:+.4f}"
-                lines.append(f"| {backbone} | {variant} | {r['auc']:.4f} | {sd:.4f} | {delta} | {r['logloss']:.4f} |")
-    for title, key in (("Samples", "data"), ("Stage seconds", "stage_seconds"), ("Algorithm 1 branches", "branches"),
-                       ("Inference", "inference")):
-        lines += ["", f"{title}:", "```", json.dumps(summary.get(key, {}), indent=2), "```"]
+def _stage_seconds(run: RunDir) -> dict[str, float | None]:
+    return {name: run.stage(name).info().get("seconds") for name in ("construct", "infer", "encode", "rec")}
+
+
+def results_table(res: R.Results) -> str:
+    """The schema's table (AUC with its interval, seed sd, paired Δ vs the reference, the other metrics; AUC by
+    subgroup), then each variant's connector, the data sizes, Algorithm 1's branch counts, the inference
+    statistics and the filter's pooling counts."""
+    lines = [R.render_markdown(res, "auc").rstrip("\n")]
+    conn = res.details.get("connectors", {})
+    lines += ["", "Connectors (eq. 12): " + ", ".join(f"{v} {c or '—'}" for v, c in conn.items())]
+    for title, key in (("Samples", "data"), ("Algorithm 1 branches", "branches"), ("Inference", "inference"),
+                       ("Filter pooling and empty answers", "encode")):
+        lines += ["", f"{title}:", "```", json.dumps(res.details.get(key, {}), indent=2), "```"]
     return "\n".join(lines) + "\n"

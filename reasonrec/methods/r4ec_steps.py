@@ -4,7 +4,8 @@
   verdict on the target), reflects on its own answer, and refines the answers it judged unreasonable; the
   branches decide which (input, output) pairs become the reasoning, reflection and refinement sets.
 - :func:`iterative_refinement` and :func:`reflection_filter` are the two inference strategies of §3.5, run with
-  the trained actor and reflection adapters.
+  the trained actor and reflection adapters; :func:`single_answer` is the System-1 answer of the ``kar`` (un-tuned
+  model) and ``r2ec`` (actor trained on D_reason only) rows.
 
 Prompts are the package templates ``r4ec_{side}_{reason,reflect,refine}``. Rendered *with* a ``target`` (and the
 target user's history on the item side) they are the construction prompts of Fig. 3, which ask for a verdict;
@@ -45,6 +46,8 @@ class GenArgs:
     max_attempts: int = 2
     seed: int = 0
     prime: bool = False
+    constrain: bool = False  # constrain decoding to each step's answer format (reasonrec.llm.specs)
+    domain: str = "movie"
 
     def kwargs(self) -> dict[str, Any]:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
@@ -63,9 +66,15 @@ OPENING_TAG = {"reason": REASON_TAG, "refine": REFINE_TAG,
                "reflect": {"user": "Final Judgement", "item": "Final Judgement"}}
 
 
-def _ask(llm, side: Side, step: str, prompts: list, parser, gen: GenArgs, **kwargs: Any):
+def _ask(llm, side: Side, step: str, prompts: list, parser, gen: GenArgs, with_target: bool = False, **kwargs: Any):
     """``generate_parsed`` for one step; with ``gen.prime`` every answer starts with the step's opening tag
-    (response priming), which small models need to write in the format at all."""
+    (response priming), which small models need to write in the format at all; with ``gen.constrain`` decoding
+    follows the step's answer format (the constraint covers the whole answer, so a primed tag is part of it)."""
+    if gen.constrain:
+        from ..llm.specs import task_spec
+
+        kwargs["constraint"] = task_spec(f"r4ec_{side}_{step}", gen.domain, with_target=with_target,
+                                         max_new_tokens=kwargs.get("max_new_tokens", gen.max_new_tokens)).constraint
     if not gen.prime:
         return generate_parsed(llm, prompts, parser, **{**gen.kwargs(), **kwargs})
     tag = f"<{OPENING_TAG[step][side]}>"
@@ -116,13 +125,13 @@ def construct(teacher, side: Side, domain: str, cases: Sequence[dict[str, Any]],
     out = Constructed()
     kf = KNOWLEDGE_FIELD[side]
     reason_prompts = [prompt(side, "reason", domain, c["fields"], with_target=True) for c in cases]
-    reasoned = _ask(teacher, side, "reason", reason_prompts, parse_reasoned, gen, stats=out.parse)
+    reasoned = _ask(teacher, side, "reason", reason_prompts, parse_reasoned, gen, True, stats=out.parse)
 
     alive = [i for i, r in enumerate(reasoned) if r.ok]
     out.branches["reason_unparsed"] += len(cases) - len(alive)
     reflect_prompts = [prompt(side, "reflect", domain, cases[i]["fields"], with_target=True,
                               **{kf: reasoned[i].value.knowledge}) for i in alive]
-    judged = _ask(teacher, side, "reflect", reflect_prompts, parse_judgement, gen, stats=out.parse)
+    judged = _ask(teacher, side, "reflect", reflect_prompts, parse_judgement, gen, True, stats=out.parse)
 
     to_refine = []
     for i, j in zip(alive, judged, strict=True):
@@ -145,7 +154,7 @@ def construct(teacher, side: Side, domain: str, cases: Sequence[dict[str, Any]],
 
     refine_prompts = [prompt(side, "refine", domain, cases[i]["fields"], with_target=True,
                              **{kf: reasoned[i].value.knowledge}, reflection=refl) for i, refl, _ in to_refine]
-    refined = _ask(teacher, side, "refine", refine_prompts, parse_reasoned, gen, stats=out.parse)
+    refined = _ask(teacher, side, "refine", refine_prompts, parse_reasoned, gen, True, stats=out.parse)
     for (i, refl, critic_in), rr in zip(to_refine, refined, strict=True):
         case = cases[i]
         if not rr.ok:
@@ -173,6 +182,8 @@ class Refinement:
     final: list[str]
     judged_unreasonable_first: int = 0
     judged_unreasonable_final: int = 0
+    judge_unparsed_first: int = 0
+    judge_unparsed_final: int = 0
     refined: int = 0
     parse: ParseStats = field(default_factory=ParseStats)
 
@@ -197,9 +208,12 @@ def iterative_refinement(llm, side: Side, domain: str, entities: Sequence[dict[s
             [prompt(side, "reflect", domain, entities[i], with_target=False, **{kf: current[i]}) for i in pending],
             parse_judgement, gen, adapter=reflector, stats=out_stats)
         bad = [(i, j.value.reflection) for i, j in zip(pending, judged, strict=True) if j.ok and not j.value.reasonable]
+        # A judgement still malformed after generate_parsed's retries is neither "reasonable" nor a reflection
+        # to refine with: it is counted apart (it used to count as reasonable, hiding the answer from refinement)
+        unparsed = sum(1 for j in judged if not j.ok)
         if step == 0:
-            res.judged_unreasonable_first = len(bad)
-        res.judged_unreasonable_final = len(bad)
+            res.judged_unreasonable_first, res.judge_unparsed_first = len(bad), unparsed
+        res.judged_unreasonable_final, res.judge_unparsed_final = len(bad), unparsed
         if step == max_steps or not bad:
             break
         refined = _ask(
@@ -221,6 +235,7 @@ class Filtered:
 
     samples: list[list[str]]
     keep: list[list[bool]]
+    judge_unparsed: int = 0
     parse: ParseStats = field(default_factory=ParseStats)
 
     @property
@@ -251,5 +266,16 @@ def reflection_filter(llm, side: Side, domain: str, entities: Sequence[dict[str,
         parse_judgement, gen, adapter=reflector, stats=stats)
     keep = [[False] * k for _ in entities]
     for (i, s), j in zip(flat, judged, strict=True):
-        keep[i][s] = bool(j.ok and j.value.reasonable)
-    return Filtered(samples=samples, keep=keep, parse=stats)
+        keep[i][s] = bool(j.ok and j.value.reasonable)  # an unparsed judgement keeps nothing, and is counted
+    return Filtered(samples=samples, keep=keep, judge_unparsed=sum(1 for j in judged if not j.ok), parse=stats)
+
+
+def single_answer(llm, side: Side, domain: str, entities: Sequence[dict[str, Any]], *, adapter: str | None,
+                  gen: GenArgs) -> tuple[list[str], ParseStats]:
+    """One greedy reasoning answer per entity, no reflection: the ``kar`` row (``adapter=None``: the un-tuned
+    model, KAR's single chain-of-thought answer) and the ``r2ec`` row (the actor trained on D_reason only,
+    R4ec §4.1.4). A malformed answer (after retries) is the empty string."""
+    stats = ParseStats()
+    got = _ask(llm, side, "reason", [prompt(side, "reason", domain, e, with_target=False) for e in entities],
+               _knowledge_parser, gen, adapter=adapter, stats=stats)
+    return [r.value.knowledge if r.ok else "" for r in got], stats
