@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from reasonrec.eval.results import read_results
 from reasonrec.llm import cache
 from reasonrec.methods import run_experiment
 from reasonrec.train.common import adapter_weights
@@ -116,6 +117,10 @@ def test_one_round_killed_mid_feedback_resumes_without_resampling(tmp_path, ml10
     for r in (r0, r1):
         assert 0 <= r["v_auc"] <= 1 and r["v_auc_ci"][0] <= r["v_auc_ci"][1]
         assert r["ctr"]["din"]["logloss"] > 0 and r["cot_tokens"] > 0 and r["cot_empty_share"] < 1
+    res, _ = read_results(run / "results.json")
+    (delta,) = [d for d in res.deltas if (d.model, d.metric, d.subgroup) == ("validator", "auc", "all")]
+    assert delta.variant == "trackrec/r1" and delta.reference == "trackrec/r0"
+    assert delta.value == pytest.approx(r1["v_auc"] - r0["v_auc"])
 
 
 @pytest.mark.slow
@@ -135,9 +140,12 @@ def test_smoke_config_end_to_end(tmp_path, ml100k_dir):
     assert arms["no_rectune"][1]["V"] == "base"
     assert set(summary["baselines"]) == {"backbone", "tallrec", "zero_shot", "kar"}
     assert summary["baselines"]["kar"]["ctr"] == arms["trackrec"][0]["ctr"]
-    preds = pd.read_parquet(run / "predictions.parquet")
-    assert preds.groupby("variant").size().eq(summary["data"]["test"]).all()   # same test samples everywhere
-    assert {"trackrec/r2", "no_rectune/r1", "zero_shot", "tallrec"} <= set(preds["variant"])
+    preds = pd.read_parquet(run / "predictions.parquet")   # same test samples for every model, variant, seed
+    assert preds.groupby(["model", "variant", "seed"]).size().eq(summary["data"]["test"]).all()
+    assert {"trackrec/r2", "no_rectune/r1", "zero_shot", "tallrec"} <= set(preds.query("model == 'validator'")["variant"])
+    assert {"trackrec/r2", "backbone"} <= set(preds.query("model == 'din'")["variant"])
+    res, _ = read_results(run / "results.json")   # the shared schema, every variant vs trackrec/r0
+    assert {d.variant for d in res.deltas if d.model == "validator" and d.metric == "auc"} >= {"trackrec/r2", "tallrec"}
     md = (run / "results.md").read_text()
     assert md.count("| trackrec |") == 3 and "baseline:tallrec" in md
 

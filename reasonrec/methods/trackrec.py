@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,9 +36,10 @@ from .. import io
 from ..config import DataSection, Section
 from ..errors import DataError
 from ..eval import metrics
+from ..eval import results as R
 from ..llm.base import LLMSection
 from ..llm.prompts import sample_fields
-from ..runs import RunDir
+from ..runs import RunDir, package_versions
 from . import trackrec_steps as steps
 from .common import prepare_splits, train_knowledge_backbones
 
@@ -137,7 +139,9 @@ class RecSection(Section):
 
 class Config(Section):
     """A TrackRec experiment (``method: trackrec``); see ``configs/trackrec/``. ``rounds``: T of Alg. 2
-    (paper 3); ``ablations`` and ``ablation_rounds`` (rounds they run, default ``rounds``); ``baselines``."""
+    (paper 3); ``ablations`` and ``ablation_rounds`` (rounds they run, default ``rounds``); ``baselines``;
+    ``results``: the shared results schema, every arm / round / baseline compared (paired user bootstrap) with
+    ``trackrec/r0`` (G₀ and the base V) by default."""
 
     method: Literal["trackrec"] = "trackrec"
     run_dir: Path
@@ -154,6 +158,17 @@ class Config(Section):
     baselines: list[Literal["backbone", "tallrec", "zero_shot"]] = Field(
         default_factory=lambda: ["backbone", "tallrec", "zero_shot"])
     rec: RecSection = Field(default_factory=RecSection)
+    results: R.ResultsSection = Field(default_factory=lambda: R.ResultsSection(reference="trackrec/r0"))
+
+
+def check(cfg: Config, checker) -> None:
+    """Every name the config gives, resolved before any stage runs (``reasonrec run --dry-run``)."""
+    checker.data("data", cfg.data)
+    checker.llm("teacher.name", cfg.teacher.name, cfg.teacher.backend, cfg.teacher.options)
+    # G and V: one base, trained on transformers and served by model.backend
+    checker.llm("model.name", cfg.model.name, cfg.model.backend, cfg.model.options, trainable=True)
+    checker.encoder("rec.encoder", cfg.rec.encoder)
+    checker.backbones("rec.backbones", cfg.rec.backbones)
 
 
 # ---------------------------------------------------------------------------------------------- context
@@ -386,8 +401,11 @@ def stage_ctr(ctx: Ctx, g: str | None) -> dict:
             splits = dataclasses.replace(splits, **{s: getattr(splits, s).assign(cot_knowledge=[
                 vec[f"{s}/{k}"] for k in getattr(splits, s)["sample"]]) for s in ("train", "test")})
             variant = {"cot": {"sample": "cot_knowledge", "dim": emb.shape[1]}}
-        io.write_json(st.path / "results.json", train_knowledge_backbones(splits, ctx.tables, variant, ctx.cfg.rec))
-        st.complete(["results.json"])
+        preds: list[pd.DataFrame] = []
+        io.write_json(st.path / "results.json", train_knowledge_backbones(splits, ctx.tables, variant, ctx.cfg.rec,
+                                                                          predictions=preds))
+        io.write_parquet(st.path / "predictions.parquet", pd.concat(preds, ignore_index=True))
+        st.complete(["results.json", "predictions.parquet"])
     res = json.loads((st.path / "results.json").read_text())
     return {b: next(iter(by_variant.values())) for b, by_variant in res.items()}
 
@@ -443,16 +461,27 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
             baselines[name] = {"v_auc": metrics.auc(y, p), "v_acc": metrics.accuracy(y, p), "v_auc_ci":
                                steps.user_bootstrap_auc(preds["user_id"].to_numpy(), y, p, seed=cfg.data.seed)}
     baselines["kar"] = {"ctr": arms["trackrec"][0]["ctr"]}   # the un-aligned round-0 CoT in the backbones
-    # V's per-sample scores in the shared results schema's columns, so any interval can be recomputed
+    # every per-sample prediction (V and each backbone) → the shared results schema, Δ vs cfg.results.reference
     runs = [(f"{r['arm']}/r{r['round']}", r["G"], r["V"]) for rows in arms.values() for r in rows]
     runs += [(k, None, {"zero_shot": "base", "tallrec": "tallrec"}[k]) for k in ("zero_shot", "tallrec") if k in baselines]
-    io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(
-        [stage_eval(ctx, g, v).assign(model="validator", variant=name, seed=0) for name, g, v in runs],
-        ignore_index=True)[["model", "variant", "seed", "sample", "user_id", "label", "score"]])
+    frames = [R.prediction_frame("validator", name, 0, p["user_id"], p["label"], p["score"])
+              for name, g, v in runs for p in [stage_eval(ctx, g, v)]]
+    ctr_runs = [(f"{r['arm']}/r{r['round']}", r["G"]) for rows in arms.values() for r in rows]
+    ctr_runs += [("backbone", None)] if "backbone" in baselines else []
+    frames += [pd.read_parquet(run_dir.stage(f"ctr/{g or 'none'}").path / "predictions.parquet").assign(variant=name)
+               for name, g in ctr_runs]
+    io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(frames, ignore_index=True))
     data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test),
             "test_users": int(ctx.splits.test["user_id"].nunique())}
     summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines}
-    io.write_json(run_dir.root / "results.json", summary)
-    io.write_text(run_dir.root / "results.md", steps.results_table(summary))
+    splits = ctx.splits
+    res = R.build_results(
+        pd.read_parquet(run_dir.root / "predictions.parquet"), cfg.results, method="trackrec",
+        dataset=splits.dataset, protocol=splits.protocol,
+        split_checksum=R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test}),
+        config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="predictions.parquet",
+        details=summary)
+    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+    io.write_text(run_dir.root / "results.md", steps.results_table(summary) + "\n" + R.render_markdown(res))
     return summary
 

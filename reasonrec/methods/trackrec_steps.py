@@ -77,8 +77,8 @@ class Preferences:
         return {"groups": self.groups, "kept": len(self.rows), "skipped_all_equal": self.skipped_all_equal,
                 "skipped_no_rejected": self.skipped_no_rejected, "tied_best": self.tied_best,
                 "duplicate_texts": self.duplicate_texts, "skipped_share": skipped / max(self.groups, 1),
-                "reward_chosen": float(np.mean(chosen)) if chosen else float("nan"),
-                "reward_rejected": float(np.mean(rejected)) if rejected else float("nan")}
+                "reward_chosen": float(np.mean(chosen)) if chosen else None,
+                "reward_rejected": float(np.mean(rejected)) if rejected else None}
 
 
 def build_preferences(rewards: np.ndarray, texts: Sequence[Sequence[str]], tol: float = 1e-6) -> Preferences:
@@ -178,7 +178,7 @@ def teacher_cots(teacher, domain: str, fields: Sequence[dict[str, Any]], *, max_
 
 
 def user_bootstrap_auc(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000,
-                       confidence: float = 0.95, seed: int = 0) -> list[float]:
+                       confidence: float = 0.95, seed: int = 0) -> list[float | None]:
     """Percentile interval of the AUC over user resamples (samples of one user are not independent).
     Replicates with one class only are dropped."""
     from ..eval.metrics import auc
@@ -192,7 +192,7 @@ def user_bootstrap_auc(user_ids: np.ndarray, labels: np.ndarray, scores: np.ndar
         if 0 < labels[idx].sum() < len(idx):
             reps.append(auc(labels[idx], scores[idx]))
     if not reps:
-        return [float("nan"), float("nan")]
+        return [None, None]
     lo = (1 - confidence) / 2
     return [float(np.quantile(reps, lo)), float(np.quantile(reps, 1 - lo))]
 
@@ -209,8 +209,8 @@ def results_table(summary: dict) -> str:
     rows = [r for arm in summary["arms"].values() for r in arm]
     rows += [{"arm": f"baseline:{k}", "round": "", **b} for k, b in summary["baselines"].items()]
     for r in rows:
-        ci = r.get("v_auc_ci")
-        v = "" if r.get("v_auc") is None else f"{r['v_auc']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        ci = r.get("v_auc_ci") or [None, None]
+        v = "" if r.get("v_auc") is None else f"{r['v_auc']:.4f} [{f(ci[0], 3)}, {f(ci[1], 3)}]"
         ctr = "; ".join(f"{b} {m['auc']:.4f} / {m['acc']:.4f} / {m['logloss']:.4f}" for b, m in
                         r.get("ctr", {}).items())
         lines.append(f"| {r['arm']} | {r['round']} | {v} | {f(r.get('v_acc'))} | {ctr} | {f(r.get('reward_chosen'))} "
