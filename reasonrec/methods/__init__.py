@@ -25,9 +25,16 @@ def _r4ec() -> ModuleType:
     return r4ec
 
 
+def _trackrec() -> ModuleType:
+    from . import trackrec
+
+    return trackrec
+
+
 # name → loader; modules import torch and friends, so they load only when chosen.
 METHODS = {
     "r4ec": _r4ec,
+    "trackrec": _trackrec,
 }
 
 

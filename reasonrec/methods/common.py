@@ -280,8 +280,9 @@ def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str
                               progress: bool = False, model_options: dict[str, dict] | None = None,
                               predictions: list[pd.DataFrame] | None = None) -> dict:
     """Eq. 12: train every backbone of ``rec.backbones`` once per knowledge variant and seed on the same
-    samples. A variant is ``None`` (no knowledge) or ``{"user": table, "item": table}`` of vectors indexed by
-    id (row 0 = padding), fed through the backbone's connectors. Returns
+    samples. A variant is ``None`` (no knowledge), ``{"user": table, "item": table}`` of vectors indexed by
+    id (row 0 = padding), or ``{"sample": column, "dim": d}`` naming a column of the samples that holds one
+    vector per row; vectors are fed through the backbone's connectors. Returns
     ``{backbone: {variant: {"auc", "logloss", "uauc", "acc" (means over seeds), "runs": [...]}}}``.
     ``model_options`` maps a variant to :class:`~reasonrec.rec.ctr.base.CTRModelConfig` fields (e.g. KAR's row
     uses ``{"connector": "hybrid"}``); other variants use the backbone defaults. If ``predictions`` is a list,
@@ -300,8 +301,13 @@ def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str
         train, valid = holdout_last(splits.train, rec.valid_fraction)
     results: dict[str, dict[str, Any]] = {b: {} for b in rec.backbones}
     for variant, vectors in variants.items():
-        knowledge = [] if vectors is None else [KnowledgeInput("user_knowledge", "user_id", vectors["user"]),
-                                                KnowledgeInput("item_knowledge", "item_id", vectors["item"])]
+        if vectors is None:
+            knowledge = []
+        elif "sample" in vectors:  # a column of the samples, one vector per row (TrackRec's CoT per sample)
+            knowledge = [KnowledgeInput(vectors["sample"], "sample", dim=int(vectors["dim"]))]
+        else:
+            knowledge = [KnowledgeInput("user_knowledge", "user_id", vectors["user"]),
+                         KnowledgeInput("item_knowledge", "item_id", vectors["item"])]
         fb = FeatureBuilder(tables.items, tables.users, history_len=rec.history_len, knowledge=knowledge)
         enc = {name: fb.encode(df, where=f"{variant}/{name}") for name, df in
                (("train", train), ("valid", valid), ("test", splits.test))}

@@ -1,0 +1,487 @@
+"""TrackRec (Xu et al. 2025): a CoT generator G aligned by a validator V's feedback, alternating rounds, distillation.
+A composition of the substrate; the paper's steps map to code as follows:
+
+===========================  ======================================================================================
+§3.5 distillation            :func:`stage_distill`: teacher CoTs for a seeded share of train samples → LoRA SFT = G₀
+Alg. 1, eq. 1-2              :func:`stage_feedback` → :func:`~.trackrec_steps.sample_feedback`, ``build_preferences``
+eq. 3-4 (S-DPO)              :func:`train_generator`: softmax-DPO on G, reference = the previous round's G
+§3.4, eq. 5-6 (Rec-tuning)   :func:`stage_cots` (G's greedy CoTs) → :func:`train_validator` (Yes/No loss on V)
+Alg. 2 (alternation)         :func:`run_arm`: T rounds of G then V, each inheriting the previous round's weights
+§3.6, eq. 7-8                :func:`stage_ctr`: CoT per sample → encoder → connector → CTR backbones; and
+                             :func:`stage_eval`: V as a recommender (one forward pass per sample)
+===========================  ======================================================================================
+
+Arms (same test samples): ``trackrec`` and the ablations ``no_align`` / ``no_distill`` / ``no_rectune``
+(Tables 6-7). Baselines: the backbones alone, TALLRec (V tuned on prompt^Rec without a summary), KAR-style
+(round 0 of ``trackrec``: the un-aligned G₀ CoT in the backbones) and zero-shot V.
+
+Stages are named by what they depend on (``cots/<G>``, ``eval/<G>-<V>``, ``ctr/<G>``), so identical work of two
+arms is done once; every LLM row goes through the run's SQLite cache and every trainer resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from .. import io
+from ..config import DataSection, Section
+from ..errors import DataError
+from ..eval import metrics
+from ..eval import results as R
+from ..llm.base import LLMSection
+from ..llm.prompts import sample_fields
+from ..runs import RunDir, package_versions
+from . import trackrec_steps as steps
+from .common import prepare_splits, train_knowledge_backbones
+
+# arm → (distillation, alignment, Rec-tuning)
+ARMS = {"trackrec": (True, True, True), "no_align": (True, False, True), "no_distill": (False, True, True),
+        "no_rectune": (True, True, False)}
+Ablation = Literal["no_align", "no_distill", "no_rectune"]
+
+
+class SubsetSection(Section):
+    """The samples the LLM stages cover. Fields:
+        users: users sampled (seeded); ``None`` = all. train_samples / test_samples: samples kept (seeded) from
+            their train / test samples (``None`` = all); the CTR backbones train and test on the same ones.
+        min_history: samples with a shorter history are dropped (an empty history has no preference to summarise).
+        history_len: history items shown in the prompts (CoLLM protocol: 10).
+    """
+
+    users: int | None = None
+    train_samples: int | None = Field(None, ge=2)
+    test_samples: int | None = Field(None, ge=2)
+    min_history: int = Field(3, ge=0)
+    history_len: int = Field(10, ge=1)
+
+
+class TrainerSection(Section):
+    """One LoRA training. Fields: epochs; learning_rate (TrackRec §4.1.4: AdamW 1e-5 for G and V, on Qwen2.5-7B);
+    batch_size; save_steps (checkpoint every N steps, what a killed run resumes from)."""
+
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(1e-5, gt=0)
+    batch_size: int = Field(4, ge=1)
+    save_steps: int = Field(50, ge=1)
+
+
+class ModelSection(Section):
+    """G and V share one base model, as in the paper (Qwen2.5-7B for both). Fields:
+        name: base model (``smollm2-135m``, ``tiny-random``, a folder or a cached Hugging Face id).
+        backend: ``transformers`` (adapters per call) or ``vllm`` (re-started with every new adapter).
+        options: backend options. max_length: prompt + completion tokens in training.
+        lora_r, lora_alpha: the LoRA of every adapter (TALLRec / CoLLM: 8, 16).
+    """
+
+    name: str = "smollm2-135m"
+    backend: Literal["transformers", "vllm"] = "transformers"
+    options: dict[str, Any] = {}
+    max_length: int = Field(1024, ge=64)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+
+
+class DistillSection(TrainerSection):
+    """§3.5. Fields: fraction (paper: "about 5%" of the training samples); max_new_tokens of a teacher CoT;
+    temperature of the teacher (0 = greedy)."""
+
+    fraction: float = Field(0.05, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=8)
+    temperature: float = Field(0.0, ge=0)
+    epochs: float = Field(3.0, gt=0)
+
+
+class AlignSection(TrainerSection):
+    """Alg. 1 + eq. 4. Fields: n, temperature, top_p (§4.1.4: 10, 1.0, 0.9); max_new_tokens per CoT (also the
+    greedy CoTs'); samples: train samples sampled for feedback each round (``None`` = all); beta: β of eq. 4
+    (TrackRec official code 0.1); tie_tol: rewards closer than this are ties (:func:`~.trackrec_steps.build_preferences`);
+    cot_temperature: decoding of the per-round CoTs, 0 = greedy (§3.3); > 0 only for random-weight smoke models."""
+
+    n: int = Field(10, ge=2)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=8)
+    samples: int | None = Field(None, ge=1)
+    beta: float = Field(0.1, gt=0)
+    tie_tol: float = Field(1e-6, ge=0)
+    cot_temperature: float = Field(0.0, ge=0)
+    batch_size: int = Field(2, ge=1)
+
+
+class RecTuneSection(TrainerSection):
+    """§3.4. Fields: from_base: re-train V from the base each round (the public code) instead of inheriting
+    the previous round's V (Alg. 2)."""
+
+    from_base: bool = False
+
+
+class RecSection(Section):
+    """Eq. 7-8: backbones, encoder (paper: BERT; default the bundled MiniLM), seeds, epochs, batch_size,
+    valid_fraction (last share of each user's train samples for early stopping), history_len."""
+
+    backbones: list[str] = Field(default_factory=lambda: ["din"])
+    encoder: str = "minilm"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=1)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    history_len: int = Field(10, ge=1)
+
+
+class Config(Section):
+    """A TrackRec experiment (``method: trackrec``); see ``configs/trackrec/``. ``rounds``: T of Alg. 2
+    (paper 3); ``ablations`` and ``ablation_rounds`` (rounds they run, default ``rounds``); ``baselines``;
+    ``results``: the shared results schema, every arm / round / baseline compared (paired user bootstrap) with
+    ``trackrec/r0`` (G₀ and the base V) by default."""
+
+    method: Literal["trackrec"] = "trackrec"
+    run_dir: Path
+    data: DataSection = Field(default_factory=lambda: DataSection(protocol="collm"))
+    subset: SubsetSection = Field(default_factory=SubsetSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    teacher: LLMSection = Field(default_factory=LLMSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
+    align: AlignSection = Field(default_factory=AlignSection)
+    rectune: RecTuneSection = Field(default_factory=RecTuneSection)
+    rounds: int = Field(3, ge=1)
+    ablations: list[Ablation] = Field(default_factory=lambda: ["no_align", "no_distill", "no_rectune"])
+    ablation_rounds: int | None = Field(None, ge=1)
+    baselines: list[Literal["backbone", "tallrec", "zero_shot"]] = Field(
+        default_factory=lambda: ["backbone", "tallrec", "zero_shot"])
+    rec: RecSection = Field(default_factory=RecSection)
+    results: R.ResultsSection = Field(default_factory=lambda: R.ResultsSection(reference="trackrec/r0"))
+
+
+def check(cfg: Config, checker) -> None:
+    """Every name the config gives, resolved before any stage runs (``reasonrec run --dry-run``)."""
+    checker.data("data", cfg.data)
+    checker.llm("teacher.name", cfg.teacher.name, cfg.teacher.backend, cfg.teacher.options)
+    # G and V: one base, trained on transformers and served by model.backend
+    checker.llm("model.name", cfg.model.name, cfg.model.backend, cfg.model.options, trainable=True)
+    checker.encoder("rec.encoder", cfg.rec.encoder)
+    checker.backbones("rec.backbones", cfg.rec.backbones)
+
+
+# ---------------------------------------------------------------------------------------------- context
+
+@dataclasses.dataclass
+class Ctx:
+    """The run's samples (with prompt fields), the shared LLM and the trained adapters by name."""
+
+    cfg: Config
+    run: RunDir
+    splits: Any
+    tables: Any
+    domain: str
+    fields: dict[str, list[dict]]
+    adapters: dict[str, Path] = dataclasses.field(default_factory=dict)
+    _llm: Any = None
+    _served: set[str] = dataclasses.field(default_factory=set)
+
+    def llm(self):
+        """The base model behind the cache, loaded once (again after a training released it)."""
+        if self._llm is None:
+            from ..llm.base import load_llm
+
+            m = self.cfg.model
+            opts = {**m.options, **({"adapters": dict(self.adapters)} if m.backend == "vllm" else {})}
+            self._llm = load_llm(m.name, backend=m.backend, cache=self.run.root / "llm_cache.sqlite", **opts)
+            self._served = set(self.adapters) if m.backend == "vllm" else set()
+        return self._llm
+
+    def adapter(self, name: str) -> str | None:
+        """An adapter name for a call (``base`` = none), loaded into the LLM on first use."""
+        if name == "base":
+            return None
+        self.llm()
+        if name not in self._served:
+            if self.cfg.model.backend == "vllm":  # vLLM registers LoRA adapters when the engine starts
+                self.release()
+                self.llm()
+            else:
+                self._llm.load_adapter(name, self.adapters[name])
+                self._served.add(name)
+        return name
+
+    def release(self) -> None:
+        """Free the inference model before a training run loads its own copy."""
+        self._llm, self._served = None, set()
+        gc.collect()
+
+
+def stage_samples(cfg: Config, run: RunDir) -> Ctx:
+    """CoLLM-protocol samples (→ seeded subset), each with a ``sample`` key; prompt fields per sample."""
+    kctx = prepare_splits(cfg.data, run)
+    st, s = run.stage("samples"), cfg.subset
+    if not st.done:
+        rng = np.random.default_rng(cfg.data.seed)
+        parts = {}
+        for name, df in (("train", kctx.splits.train), ("test", kctx.splits.test)):
+            df = df[df["hist_item_ids"].map(len) >= s.min_history]
+            parts[name] = df.assign(sample=[f"{name}:{i}" for i in df.index])
+        if s.users is not None:  # users with both train and test samples: V and the backbones are tested on them
+            pool = np.intersect1d(parts["train"]["user_id"].unique(), parts["test"]["user_id"].unique())
+            if s.users > len(pool):
+                raise DataError(f"subset.users = {s.users} but only {len(pool)} users have train and test samples "
+                                f"of protocol '{cfg.data.protocol}'; lower subset.users")
+            keep = rng.choice(pool, size=s.users, replace=False)
+            parts = {k: v[v["user_id"].isin(keep)] for k, v in parts.items()}
+        for name, df in parts.items():
+            if len(df) == 0 or df["label"].nunique() < 2:
+                raise DataError(f"the {name} samples of the subset (users={s.users}, min_history={s.min_history}, "
+                                f"seed {cfg.data.seed}) have {len(df)} rows and one class at most; raise subset.users")
+        for name, n in (("train", s.train_samples), ("test", s.test_samples)):
+            if n is not None and n < len(parts[name]):
+                parts[name] = parts[name].iloc[np.sort(rng.choice(len(parts[name]), size=n, replace=False))]
+            io.write_parquet(st.path / f"{name}.parquet", parts[name].reset_index(drop=True))
+        st.complete(["train.parquet", "test.parquet"])
+    train, test = (pd.read_parquet(st.path / f"{n}.parquet") for n in ("train", "test"))
+    splits = dataclasses.replace(kctx.splits, train=train, test=test, valid=kctx.splits.valid.iloc[:0])
+    items = {int(r["item_id"]): r for r in kctx.tables.items.to_dict("records")}
+    fields = {n: [sample_fields(r, items, None, like_threshold=kctx.like_threshold, max_history=s.history_len)
+                  for r in df.to_dict("records")] for n, df in (("train", train), ("test", test))}
+    return Ctx(cfg, run, splits, kctx.tables, kctx.domain, fields)
+
+
+def _lora_training(ctx: Ctx, name: str, t: TrainerSection, init: str | None, data: Path) -> dict:
+    """The trainer-config fields every TrackRec training shares (one LoRA, cosine schedule, 10% warm-up)."""
+    m = ctx.cfg.model
+    init_path = None if init in (None, "base") else ctx.adapters[init]
+    return {"model": {"name": m.name, "init_adapter": init_path,
+                      "lora": {"r": m.lora_r, "alpha": m.lora_alpha, "targets": "all-linear"}},
+            "data": {"train": data},
+            "training": {"output_dir": ctx.run.root / "train" / name, "seed": ctx.cfg.data.seed,
+                         "learning_rate": t.learning_rate, "num_train_epochs": t.epochs,
+                         "per_device_train_batch_size": t.batch_size, "max_length": m.max_length,
+                         "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "logging_steps": 1,
+                         "save_steps": t.save_steps}}
+
+
+def _register(ctx: Ctx, name: str, result) -> str:
+    ctx.adapters[name] = result.adapter_dir
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def stage_distill(ctx: Ctx) -> str:
+    """§3.5: the teacher's CoTs for a seeded ``distill.fraction`` of train samples; G₀ = LoRA SFT on them."""
+    from ..train.config import SFTConfig
+    from ..train.sft import train_sft
+
+    cfg, st = ctx.cfg, ctx.run.stage("distill")
+    if not st.done:
+        from ..llm.base import load_llm
+
+        train = ctx.splits.train
+        n = max(1, int(round(cfg.distill.fraction * len(train))))
+        idx = np.sort(np.random.default_rng(cfg.data.seed).choice(len(train), size=n, replace=False))
+        fields = [ctx.fields["train"][i] for i in idx]
+        teacher = load_llm(cfg.teacher.name, backend=cfg.teacher.backend,
+                           cache=cfg.teacher.cache or ctx.run.root / "llm_cache.sqlite", **cfg.teacher.options)
+        cots = steps.teacher_cots(teacher, ctx.domain, fields, max_new_tokens=cfg.distill.max_new_tokens,
+                                  seed=cfg.data.seed, temperature=cfg.distill.temperature)
+        io.write_parquet(st.path / "sft.parquet", pd.DataFrame({
+            "sample": train["sample"].iloc[idx].tolist(),
+            "prompt": [steps.cot_prompt(ctx.domain, f) for f in fields], "completion": cots}))
+        st.complete(["sft.parquet"], samples=n)
+    ctx.release()
+    sft = SFTConfig.model_validate(_lora_training(ctx, "G0", cfg.distill, None, st.path / "sft.parquet"))
+    return _register(ctx, "G0", train_sft(sft))
+
+
+def stage_feedback(ctx: Ctx, arm: str, r: int, g: str, v: str) -> dict:
+    """Alg. 1 with G_{r-1} and V_{r-1} on a seeded share of train samples; eq. 2 → ``prefs.parquet``."""
+    cfg, st = ctx.cfg, ctx.run.stage(f"{arm}/r{r}/feedback")
+    if st.done:
+        return st.info()["stats"]
+    a, n_train = cfg.align, len(ctx.splits.train)
+    rng = np.random.default_rng(cfg.data.seed + r)   # a fresh draw of samples each round
+    idx = np.sort(rng.choice(n_train, size=min(a.samples or n_train, n_train), replace=False))
+    fields = [ctx.fields["train"][i] for i in idx]
+    labels = ctx.splits.train["label"].to_numpy()[idx]
+    sampling = steps.Sampling(a.n, a.temperature, a.top_p, a.max_new_tokens, seed=cfg.data.seed + 1000 * r)
+    fb = steps.sample_feedback(ctx.llm(), ctx.domain, fields, labels, generator=ctx.adapter(g),
+                               validator=ctx.adapter(v), sampling=sampling)
+    prefs = steps.build_preferences(fb.rewards, fb.texts, a.tie_tol)
+    io.write_parquet(st.path / "prefs.parquet", pd.DataFrame(
+        [{"prompt": steps.cot_prompt(ctx.domain, fields[p["index"]]), "chosen": p["chosen"],
+          "rejected": p["rejected"]} for p in prefs.rows], columns=["prompt", "chosen", "rejected"]))
+    stats = {**prefs.stats(), "sampled_tokens": float(fb.tokens.mean())}
+    st.complete(["prefs.parquet"], stats=stats)
+    return stats
+
+
+def train_generator(ctx: Ctx, arm: str, r: int, g: str) -> str:
+    """Eq. 4: softmax-DPO on G_{r-1}'s preferences; G_{r-1} (frozen) is the reference, G_r continues from it."""
+    from ..train.config import SDPOConfig
+    from ..train.sdpo import train_sdpo
+
+    prefs = ctx.run.stage(f"{arm}/r{r}/feedback").path / "prefs.parquet"
+    if pd.read_parquet(prefs).empty:   # V preferred nothing: G carries over unchanged (logged)
+        ctx.run.log(f"{arm} round {r}: no preference group kept; G stays {g}")
+        return g
+    ctx.release()
+    cfg = SDPOConfig.model_validate({**_lora_training(ctx, f"{arm}-G{r}", ctx.cfg.align, g, prefs),
+                                     "beta": ctx.cfg.align.beta})
+    return _register(ctx, f"{arm}-G{r}", train_sdpo(cfg))
+
+
+def stage_cots(ctx: Ctx, g: str) -> pd.DataFrame:
+    """§3.4: G's greedy CoT for every train and test sample (Rec-tuning data, V's and the backbones' input)."""
+    st = ctx.run.stage(f"cots/{g}")
+    if not st.done:
+        parts = []
+        for split in ("train", "test"):
+            a = ctx.cfg.align
+            texts, tokens = steps.greedy_cots(ctx.llm(), ctx.domain, ctx.fields[split], generator=ctx.adapter(g),
+                                              max_new_tokens=a.max_new_tokens, temperature=a.cot_temperature,
+                                              seed=ctx.cfg.data.seed)
+            parts.append(pd.DataFrame({"split": split, "sample": getattr(ctx.splits, split)["sample"].tolist(),
+                                       "cot": texts, "tokens": tokens}))
+        io.write_parquet(st.path / "cots.parquet", pd.concat(parts, ignore_index=True))
+        st.complete(["cots.parquet"])
+    return pd.read_parquet(st.path / "cots.parquet")
+
+
+def train_validator(ctx: Ctx, name: str, v: str, g: str | None) -> str:
+    """Eq. 5-6: V fine-tuned with the Yes/No loss on prompt^Rec with G's greedy CoT (``g=None``: no summary,
+    TALLRec) and the labels; it continues from ``v`` (``base`` = a new LoRA)."""
+    from ..train.config import YesNoConfig
+    from ..train.yesno import train_yesno
+
+    st = ctx.run.stage(f"rectune/{name}")
+    if not st.done:
+        cots = [None] * len(ctx.fields["train"]) if g is None else stage_cots(ctx, g).query("split == 'train'")["cot"]
+        labels = ctx.splits.train["label"].astype(int).tolist()
+        io.write_parquet(st.path / "rec.parquet", pd.DataFrame({
+            "prompt": [steps.rec_prompt(ctx.domain, f, c) for f, c in zip(ctx.fields["train"], cots, strict=True)],
+            "label": labels, "answer": ["Yes." if y else "No." for y in labels], "kind": "label"}))
+        st.complete(["rec.parquet"])
+    ctx.release()
+    cfg = YesNoConfig.model_validate({**_lora_training(ctx, name, ctx.cfg.rectune, v, st.path / "rec.parquet"),
+                                      "reason_share": None})
+    return _register(ctx, name, train_yesno(cfg))
+
+
+def stage_eval(ctx: Ctx, g: str | None, v: str) -> pd.DataFrame:
+    """V as a recommender on the test samples: p(Yes) of prompt^Rec with G's CoT (``g=None``: no summary)."""
+    st = ctx.run.stage(f"eval/{g or 'none'}-{v}")
+    if not st.done:
+        cots = [None] * len(ctx.fields["test"]) if g is None else stage_cots(ctx, g).query("split == 'test'")["cot"]
+        prompts = [steps.rec_prompt(ctx.domain, f, c) for f, c in zip(ctx.fields["test"], cots, strict=True)]
+        test = ctx.splits.test
+        io.write_parquet(st.path / "predictions.parquet", pd.DataFrame({
+            "sample": test["sample"], "user_id": test["user_id"], "label": test["label"],
+            "score": steps.v_scores(ctx.llm(), prompts, ctx.adapter(v))}))
+        st.complete(["predictions.parquet"])
+    return pd.read_parquet(st.path / "predictions.parquet")
+
+
+def stage_ctr(ctx: Ctx, g: str | None) -> dict:
+    """Eq. 7-8: G's CoT per sample, encoded, as a knowledge field of every backbone (``g=None``: backbones alone)."""
+    st = ctx.run.stage(f"ctr/{g or 'none'}")
+    if not st.done:
+        splits, variant = ctx.splits, {"base": None}
+        if g is not None:
+            from ..knowledge import load_encoder
+
+            cots = stage_cots(ctx, g)
+            emb = load_encoder(ctx.cfg.rec.encoder).encode(cots["cot"].tolist())
+            vec = dict(zip(cots["split"] + "/" + cots["sample"], list(emb), strict=True))
+            splits = dataclasses.replace(splits, **{s: getattr(splits, s).assign(cot_knowledge=[
+                vec[f"{s}/{k}"] for k in getattr(splits, s)["sample"]]) for s in ("train", "test")})
+            variant = {"cot": {"sample": "cot_knowledge", "dim": emb.shape[1]}}
+        preds: list[pd.DataFrame] = []
+        io.write_json(st.path / "results.json", train_knowledge_backbones(splits, ctx.tables, variant, ctx.cfg.rec,
+                                                                          predictions=preds))
+        io.write_parquet(st.path / "predictions.parquet", pd.concat(preds, ignore_index=True))
+        st.complete(["results.json", "predictions.parquet"])
+    res = json.loads((st.path / "results.json").read_text())
+    return {b: next(iter(by_variant.values())) for b, by_variant in res.items()}
+
+
+# ---------------------------------------------------------------------------------------------- Alg. 2
+
+def _round_row(ctx: Ctx, arm: str, r: int, g: str, v: str, feedback: dict | None) -> dict:
+    """Per round: V's AUC / ACC, the backbones' AUC / ACC / LogLoss with G's CoT, rewards, skips, CoT length."""
+    preds = stage_eval(ctx, g, v)
+    y, p = preds["label"].to_numpy(), preds["score"].to_numpy()
+    cots = stage_cots(ctx, g)
+    fb = feedback or {}
+    return {"arm": arm, "round": r, "G": g, "V": v, "v_auc": metrics.auc(y, p), "v_acc": metrics.accuracy(y, p),
+            "v_auc_ci": steps.user_bootstrap_auc(preds["user_id"].to_numpy(), y, p, seed=ctx.cfg.data.seed),
+            "ctr": {b: {k: m[k] for k in ("auc", "acc", "logloss")} for b, m in stage_ctr(ctx, g).items()},
+            "reward_chosen": fb.get("reward_chosen"), "reward_rejected": fb.get("reward_rejected"),
+            "skipped_share": fb.get("skipped_share"), "cot_tokens": float(cots["tokens"].mean()),
+            "cot_empty_share": float((cots["cot"].str.len() == 0).mean())}
+
+
+def run_arm(ctx: Ctx, arm: str, g0: str | None) -> list[dict]:
+    """Alg. 2: round 0 is (G₀, base V); round r = Alg. 1 → S-DPO on G → G's greedy CoTs → Rec-tuning of V,
+    both inheriting round r-1 (V from the base each round with ``rectune.from_base``)."""
+    distill, align, rectune = ARMS[arm]
+    g, v = (g0 if distill else "base"), "base"
+    rounds = ctx.cfg.rounds if arm == "trackrec" else (ctx.cfg.ablation_rounds or ctx.cfg.rounds)
+    rows = [_round_row(ctx, arm, 0, g, v, None)]
+    for r in range(1, rounds + 1):
+        fb = None
+        if align:
+            fb = stage_feedback(ctx, arm, r, g, v)
+            g = train_generator(ctx, arm, r, g)
+        if rectune:
+            v = train_validator(ctx, f"{arm}-V{r}", "base" if ctx.cfg.rectune.from_base else v, g)
+        rows.append(_round_row(ctx, arm, r, g, v, fb))
+        ctx.run.log(f"{arm} round {r}: V AUC {rows[-1]['v_auc']:.4f}, CoT {rows[-1]['cot_tokens']:.1f} tokens")
+    return rows
+
+
+def run(cfg: Config, run_dir: RunDir) -> dict:
+    ctx = stage_samples(cfg, run_dir)
+    needs_g0 = any(ARMS[a][0] for a in ["trackrec", *cfg.ablations])
+    g0 = stage_distill(ctx) if needs_g0 else None
+    arms = {a: run_arm(ctx, a, g0) for a in ["trackrec", *cfg.ablations]}
+    baselines = {}
+    if "backbone" in cfg.baselines:
+        baselines["backbone"] = {"ctr": stage_ctr(ctx, None)}
+    for name, v in (("zero_shot", "base"), ("tallrec", "tallrec")):
+        if name in cfg.baselines:
+            v = train_validator(ctx, "tallrec", "base", None) if name == "tallrec" else v
+            preds = stage_eval(ctx, None, v)
+            y, p = preds["label"].to_numpy(), preds["score"].to_numpy()
+            baselines[name] = {"v_auc": metrics.auc(y, p), "v_acc": metrics.accuracy(y, p), "v_auc_ci":
+                               steps.user_bootstrap_auc(preds["user_id"].to_numpy(), y, p, seed=cfg.data.seed)}
+    baselines["kar"] = {"ctr": arms["trackrec"][0]["ctr"]}   # the un-aligned round-0 CoT in the backbones
+    # every per-sample prediction (V and each backbone) → the shared results schema, Δ vs cfg.results.reference
+    runs = [(f"{r['arm']}/r{r['round']}", r["G"], r["V"]) for rows in arms.values() for r in rows]
+    runs += [(k, None, {"zero_shot": "base", "tallrec": "tallrec"}[k]) for k in ("zero_shot", "tallrec") if k in baselines]
+    frames = [R.prediction_frame("validator", name, 0, p["user_id"], p["label"], p["score"])
+              for name, g, v in runs for p in [stage_eval(ctx, g, v)]]
+    ctr_runs = [(f"{r['arm']}/r{r['round']}", r["G"]) for rows in arms.values() for r in rows]
+    ctr_runs += [("backbone", None)] if "backbone" in baselines else []
+    frames += [pd.read_parquet(run_dir.stage(f"ctr/{g or 'none'}").path / "predictions.parquet").assign(variant=name)
+               for name, g in ctr_runs]
+    io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(frames, ignore_index=True))
+    data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test),
+            "test_users": int(ctx.splits.test["user_id"].nunique())}
+    summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines}
+    splits = ctx.splits
+    res = R.build_results(
+        pd.read_parquet(run_dir.root / "predictions.parquet"), cfg.results, method="trackrec",
+        dataset=splits.dataset, protocol=splits.protocol,
+        split_checksum=R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test}),
+        config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="predictions.parquet",
+        details=summary)
+    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+    io.write_text(run_dir.root / "results.md", steps.results_table(summary) + "\n" + R.render_markdown(res))
+    return summary
+
