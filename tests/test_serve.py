@@ -68,7 +68,7 @@ def build_run(root: Path, data_dir: Path, users: int = 80, epochs: int = 2) -> P
 
 @pytest.fixture(scope="module")
 def run(ml100k_dir, tmp_path_factory):
-    return build_run(tmp_path_factory.mktemp("serve") / "run", ml100k_dir)
+    return build_run(tmp_path_factory.mktemp("serve") / "run", ml100k_dir, epochs=1)
 
 
 def _calls(app, requests):
@@ -149,7 +149,7 @@ def serve_in_background(run: Path, port: int) -> subprocess.Popen:
     """`reasonrec serve RUN --port PORT` in a child process, returned once /healthz answers."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "reasonrec.cli", "serve", str(run), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", "from reasonrec.cli import app; app()", "serve", str(run), "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -167,26 +167,29 @@ def serve_in_background(run: Path, port: int) -> subprocess.Popen:
 @pytest.mark.slow
 def test_schemathesis_finds_no_server_error_on_a_live_server(run):
     schemathesis = pytest.importorskip("schemathesis")
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, given, settings
 
     port = _free_port()
     proc = serve_in_background(run, port)
     try:
         schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{port}/openapi.json")
-        failures = []
-        for op in schema.get_all_operations():
-            operation = op.ok()
+        failures, seen = [], {}
 
-            @settings(max_examples=25, deadline=5000, database=None,
-                      suppress_health_check=list(HealthCheck))
-            @schemathesis.given(case=operation.as_strategy())
-            def check(case, operation=operation):
-                resp = case.call()
+        def fuzz(operation):
+            @settings(max_examples=25, deadline=5000, database=None, suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy())
+            def check(case):
+                resp = case.call(timeout=30)
+                seen.setdefault(operation.label, set()).add(resp.status_code)
                 if resp.status_code >= 500:
                     failures.append((operation.label, case.body, case.query, resp.status_code, resp.text[:300]))
-
             check()
+
+        for op in schema.get_all_operations():
+            fuzz(op.ok())
         assert not failures, failures
+        # the fuzz reached the scoring code, not only the validation in front of it
+        assert 200 in seen["POST /v1/score"] and 200 in seen["POST /v1/rank"], seen
     finally:
         proc.terminate()
         proc.wait(timeout=30)
