@@ -55,7 +55,7 @@ def serve(
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
-    """Serve a finished run's artifacts over HTTP: /healthz, /v1/model, /v1/users/{id}/explanation."""
+    """Serve a finished run over HTTP: /healthz, /v1/model, /v1/users/{id}/explanation, POST /v1/score, /v1/rank."""
     import uvicorn
 
     from ..serve import create_app

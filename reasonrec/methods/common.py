@@ -278,7 +278,7 @@ def holdout_last(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd
 
 def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str, dict | None], rec,
                               progress: bool = False, model_options: dict[str, dict] | None = None,
-                              predictions: list[pd.DataFrame] | None = None) -> dict:
+                              predictions: list[pd.DataFrame] | None = None, save_dir=None) -> dict:
     """Eq. 12: train every backbone of ``rec.backbones`` once per knowledge variant and seed on the same
     samples. A variant is ``None`` (no knowledge), ``{"user": table, "item": table}`` of vectors indexed by
     id (row 0 = padding), or ``{"sample": column, "dim": d}`` naming a column of the samples that holds one
@@ -287,10 +287,15 @@ def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str
     ``model_options`` maps a variant to :class:`~reasonrec.rec.ctr.base.CTRModelConfig` fields (e.g. KAR's row
     uses ``{"connector": "hybrid"}``); other variants use the backbone defaults. If ``predictions`` is a list,
     every run's test predictions are appended to it (:func:`reasonrec.eval.results.prediction_frame`;
-    ``sample`` = row position in ``splits.test``)."""
+    ``sample`` = row position in ``splits.test``). If ``save_dir`` is given, every (backbone, variant) model of
+    the first seed is saved there with what scoring needs (:mod:`reasonrec.rec.checkpoint`; read by
+    ``reasonrec serve``)."""
+    from pathlib import Path
+
     import torch
 
     from ..eval.results import prediction_frame
+    from ..rec import checkpoint as ckpt
     from ..rec.ctr import CTRModelConfig, build_ctr_model
     from ..rec.features import FeatureBuilder, KnowledgeInput
     from ..rec.trainer import CTRTrainConfig, predict, train_ctr
@@ -300,6 +305,10 @@ def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str
     else:
         train, valid = holdout_last(splits.train, rec.valid_fraction)
     results: dict[str, dict[str, Any]] = {b: {} for b in rec.backbones}
+    save_dir = None if save_dir is None else Path(save_dir)
+    if save_dir is not None:
+        ckpt.save_histories(save_dir / "histories.pt", pd.concat([splits.train, splits.valid, splits.test]),
+                            rec.history_len)
     for variant, vectors in variants.items():
         if vectors is None:
             knowledge = []
@@ -311,18 +320,23 @@ def train_knowledge_backbones(splits: Splits, tables: Tables, variants: dict[str
         fb = FeatureBuilder(tables.items, tables.users, history_len=rec.history_len, knowledge=knowledge)
         enc = {name: fb.encode(df, where=f"{variant}/{name}") for name, df in
                (("train", train), ("valid", valid), ("test", splits.test))}
+        if save_dir is not None:
+            ckpt.save_features(save_dir / variant / "features.pt", fb, tables.items["item_id"])
         for backbone in rec.backbones:
             runs = []
             for seed in rec.seeds:
                 torch.manual_seed(seed)
                 opts = (model_options or {}).get(variant)
-                model = build_ctr_model(backbone, fb.feature_map, CTRModelConfig(**opts) if opts else None)
+                mcfg = CTRModelConfig(**opts) if opts else CTRModelConfig()
+                model = build_ctr_model(backbone, fb.feature_map, mcfg)
                 cfg = CTRTrainConfig(seed=seed, epochs=rec.epochs, batch_size=rec.batch_size, progress=progress)
                 m = train_ctr(model, enc["train"], enc["valid"], cfg, test=enc["test"])
                 if predictions is not None:
                     test = enc["test"]
                     predictions.append(prediction_frame(backbone, variant, seed, test.user_ids, test.labels,
                                                         predict(model, test)))
+                if save_dir is not None and seed == rec.seeds[0]:
+                    ckpt.save_model(save_dir / variant / f"{backbone}.pt", backbone, model, mcfg)
                 runs.append({k: m[k] for k in ("auc", "logloss", "uauc", "acc", "valid/auc", "best_epoch")})
             mean = {k: float(np.mean([r[k] for r in runs])) for k in ("auc", "logloss", "uauc", "acc")}
             results[backbone][variant] = {**mean, "runs": runs}

@@ -517,12 +517,13 @@ def stage_rec(cfg: Config, run: RunDir, ctx, knowledge: dict) -> dict:
     variants = {"base": None, **knowledge}
     preds: list[pd.DataFrame] = []
     results = train_knowledge_backbones(ctx.splits, ctx.tables, variants, cfg.rec,
-                                        model_options=cfg.rec.model_options(), predictions=preds)
+                                        model_options=cfg.rec.model_options(), predictions=preds,
+                                        save_dir=st.path / "ctr")  # what `reasonrec serve` scores with
     io.write_json(st.path / "metrics.json", results)
     # kept (with each sample's subgroups) so every interval can be recomputed without retraining
     io.write_parquet(st.path / "predictions.parquet", R.attach_subgroups(
         pd.concat(preds, ignore_index=True), ctx.splits.test, ctx.splits.train, cfg.results.activity_edges))
-    st.complete(["metrics.json", "predictions.parquet"])
+    st.complete(["metrics.json", "predictions.parquet", "ctr"])
     return results
 
 
