@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from _lora import randomise_lora
 
 from reasonrec.llm import device
 from reasonrec.train.common import precision_plan
@@ -26,16 +27,6 @@ def _sft_cfg(tiny, out, **training):
         "data": {"train": "unused.jsonl"},
         "training": {"output_dir": str(out), "max_steps": 20, "learning_rate": 2e-2, "logging_steps": 1,
                      "save_steps": 1000, "per_device_train_batch_size": 4, "precision": "fp32", **training}})
-
-
-def _randomise_lora(model, seed=0):
-    # B starts at zero (a no-op adapter), which would leave A without gradient; random B makes every LoRA weight
-    # take part in the comparison.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 def _grads(model, loss):
@@ -65,7 +56,7 @@ def test_lean_sft_loss_and_gradients_equal_the_plain_forward(tiny_model_path, tm
     trainer, _ = build_sft_trainer(_sft_cfg(tiny_model_path, tmp_path), PAIRS)
     assert type(trainer).__name__ == "LeanSFTTrainer"
     model = trainer.model
-    _randomise_lora(model)
+    randomise_lora(model)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     plain = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -92,7 +83,7 @@ def test_lean_sdpo_row_logps_equal_trls_fused_head(tiny_model_path, tmp_path):
         "training": {"output_dir": str(tmp_path), "max_steps": 1, "precision": "fp32",
                      "per_device_train_batch_size": 2}})
     trainer, _ = build_sdpo_trainer(cfg, data)
-    _randomise_lora(trainer.model)
+    randomise_lora(trainer.model)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     assert trainer.lean
     lean = trainer._row_logps(trainer.model, batch)
@@ -169,7 +160,7 @@ def test_lean_grpo_logps_and_entropies_equal_trls(tiny_model_path, tmp_path):
                      "per_device_train_batch_size": 2}})
     trainer, _ = build_grpo_trainer(cfg, pd.DataFrame({"prompt": ["Say yes.", "Say no, please."]}))
     assert type(trainer).__name__ == "LeanGRPOTrainer"
-    _randomise_lora(trainer.model)
+    randomise_lora(trainer.model)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 1000, (3, 12), generator=g)
     mask = torch.ones_like(ids)

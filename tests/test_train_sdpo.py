@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from _lora import randomise_lora
 
 from reasonrec.train.common import adapter_weights, stop_after_steps
 from reasonrec.train.config import SDPOConfig
@@ -24,14 +25,6 @@ def _cfg(tiny, out, **training):
         "model": {"name": str(tiny), "lora": {"targets": "all-linear"}}, "data": {"train": "unused.jsonl"},
         "training": {"output_dir": str(out), "max_steps": 4, "learning_rate": 1e-2, "logging_steps": 1,
                      "save_steps": 2, "per_device_train_batch_size": 3, **training}})
-
-
-def _randomise_lora(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
 @pytest.mark.parametrize(("chat", "share"), [(True, True), (True, False), (False, True)])
@@ -55,7 +48,7 @@ def test_one_rejected_equals_trl_dpo_sigmoid_loss(tiny_model_path, tmp_path, cha
                      train_dataset=Dataset.from_list(trl_data), processing_class=tok)
     model = trl.model
     assert model is ours.model or ours.accelerator.unwrap_model(ours.model) is model
-    _randomise_lora(model)  # policy ≠ reference, so the loss is not just log 2
+    randomise_lora(model)  # policy ≠ reference, so the loss is not just log 2
     model.eval()            # no LoRA dropout: both trainers see the same function
     trl_batch = trl.data_collator([trl.train_dataset[i] for i in range(3)])
     our_batch = ours.data_collator([ours.train_dataset[i] for i in range(3)])
