@@ -129,13 +129,19 @@ def plain_text(messages: list[dict[str, str]], prefix: str = "") -> str:
     return "\n\n".join([m["content"] for m in messages] + ([prefix] if prefix else []))
 
 
+def per_prompt(value: Any, n_prompts: int, single: type | tuple[type, ...], what: str) -> list:
+    """``value`` for each prompt: one value (an instance of ``single``, or ``None``) for all, or a list of one per
+    prompt (adapters, constraints)."""
+    if value is None or isinstance(value, single):
+        return [value] * n_prompts
+    out = list(value)
+    if len(out) != n_prompts:
+        raise BackendError(f"{what} list has {len(out)} entries for {n_prompts} prompts; give one per prompt")
+    return out
+
+
 def per_prompt_adapters(adapter: AdapterArg, n_prompts: int) -> list[str | None]:
-    if adapter is None or isinstance(adapter, str):
-        return [adapter] * n_prompts
-    adapters = list(adapter)
-    if len(adapters) != n_prompts:
-        raise BackendError(f"adapter list has {len(adapters)} entries for {n_prompts} prompts; give one per prompt")
-    return adapters
+    return per_prompt(adapter, n_prompts, str, "adapter")
 
 
 def choice_variants(choice: str) -> list[str]:

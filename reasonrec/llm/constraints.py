@@ -244,11 +244,9 @@ LOCAL_KINDS = frozenset({"constraint:regex", "constraint:json", "constraint:choi
 
 def per_prompt_constraints(constraint: ConstraintArg, n_prompts: int) -> list[Constraint | None]:
     """One constraint (or ``None``) per prompt, from one for all or a list of one per prompt."""
-    if constraint is None or isinstance(constraint, Constraint):
-        return [constraint] * n_prompts
-    out = list(constraint)
-    if len(out) != n_prompts:
-        raise BackendError(f"constraint list has {len(out)} entries for {n_prompts} prompts; give one per prompt")
+    from .base import per_prompt  # at call time: base imports this module
+
+    out = per_prompt(constraint, n_prompts, Constraint, "constraint")
     for c in out:
         if c is not None and not isinstance(c, Constraint):
             raise BackendError(f"a constraint is a reasonrec.llm.constraints.Constraint; got {type(c).__name__}")
