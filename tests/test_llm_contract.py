@@ -483,3 +483,14 @@ def test_llamacpp_server_takes_the_bundled_alias():
     assert _resolve_model(["--model=smollm2-135m"]) == [f"--model={path}"]
     assert _resolve_model(["--model", "x.gguf", "--model_alias", "smollm2-135m"]) == \
         ["--model", "x.gguf", "--model_alias", "smollm2-135m"]
+
+
+def test_openai_errors_never_echo_url_credentials():
+    # a closed loopback port: the backend's first call (listing models) fails and names the server
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BackendError) as err:
+        load_llm(f"http://user:s3cret@127.0.0.1:{port}/v1", max_retries=0)
+    assert "s3cret" not in str(err.value)
+    assert f"127.0.0.1:{port}" in str(err.value)

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..config import Section
+from ..data.sources import redact_url
 from ..errors import BackendError
 from .base import (
     AdapterArg,
@@ -121,6 +122,7 @@ class OpenAICompatLLM:
         self.options = options or OpenAIOptions()
         url = base_url.rstrip("/")
         self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.shown_url = redact_url(self.base_url)  # errors never echo credentials in the URL
         key = os.environ.get(self.options.api_key_env) or "EMPTY"
         self.client = OpenAI(base_url=self.base_url, api_key=key, max_retries=self.options.max_retries,
                              timeout=self.options.timeout)
@@ -136,7 +138,7 @@ class OpenAICompatLLM:
     def check_constraints(self, constraints) -> None:
         if self.options.unenforced == "error":
             try:
-                check_supported(f"OpenAI-compatible ({self.base_url}, structured={self.options.structured})",
+                check_supported(f"OpenAI-compatible ({self.shown_url}, structured={self.options.structured})",
                                 self.supports, constraints)
             except BackendError as err:
                 raise BackendError(f"{err}; or set llm.options.structured to what the server takes, or "
@@ -146,9 +148,9 @@ class OpenAICompatLLM:
         try:
             models = self.client.models.list().data
         except Exception as err:  # openai raises its own hierarchy; surface one clear error
-            raise BackendError(f"cannot reach the OpenAI-compatible server at {self.base_url}: {err}") from None
+            raise BackendError(f"cannot reach the OpenAI-compatible server at {self.shown_url}: {err}") from None
         if not models:
-            raise BackendError(f"{self.base_url}/models lists no model; set llm.options.model")
+            raise BackendError(f"{self.shown_url}/models lists no model; set llm.options.model")
         return models[0].id
 
     def _map(self, fn, items: Sequence[Any]) -> list[Any]:
@@ -159,7 +161,7 @@ class OpenAICompatLLM:
         try:
             return fn(**kwargs)
         except Exception as err:
-            raise BackendError(f"{what} on {self.base_url} (model {self.model}) failed after "
+            raise BackendError(f"{what} on {self.shown_url} (model {self.model}) failed after "
                                f"{self.options.max_retries} retries: {err}") from None
 
     def _check_adapter(self, adapter: AdapterArg, n: int) -> None:
@@ -215,7 +217,7 @@ class OpenAICompatLLM:
                     texts.append(truncate_at_stop(ch.message.content or "", stop)[0])
                     counts.append(share)
                 if attempt > 4 * n:
-                    raise BackendError(f"{self.base_url} returned no choices for a prompt after {attempt} requests")
+                    raise BackendError(f"{self.shown_url} returned no choices for a prompt after {attempt} requests")
             return Generation(texts=texts, prompt_tokens=prompt_tokens, completion_tokens=counts)
 
         return self._map(one, list(zip(prompts, bodies, strict=True)))
@@ -233,7 +235,7 @@ class OpenAICompatLLM:
                            logprobs=True, top_logprobs=self.options.top_logprobs)
             content = (r.choices[0].logprobs.content or []) if r.choices and r.choices[0].logprobs else []
             if not content:
-                raise BackendError(f"{self.base_url} returned no logprobs; the server must support "
+                raise BackendError(f"{self.shown_url} returned no logprobs; the server must support "
                                    "logprobs/top_logprobs in chat completions for choice_probs")
             top = {t.token: t.logprob for t in content[0].top_logprobs}
             top.setdefault(content[0].token, content[0].logprob)
@@ -277,7 +279,7 @@ class OpenAICompatLLM:
                            prompt=texts[i] + completions[i], max_tokens=1, temperature=0.0, echo=True, logprobs=0)
             lp = r.choices[0].logprobs
             if lp is None or lp.token_logprobs is None or not lp.tokens:
-                raise BackendError(f"{self.base_url} does not return echoed prompt logprobs; sequence_logprob needs "
+                raise BackendError(f"{self.shown_url} does not return echoed prompt logprobs; sequence_logprob needs "
                                    "a server that supports echo=True with logprobs (vLLM, llama.cpp)")
             # Servers disagree on text offsets (llama.cpp counts without special tokens), so locate the
             # completion in the concatenated echoed tokens (its last occurrence).
@@ -288,7 +290,7 @@ class OpenAICompatLLM:
             joined = "".join(lp.tokens)
             start = joined.rfind(completions[i])
             if start < 0:
-                raise BackendError(f"cannot locate the completion in the echoed tokens from {self.base_url}")
+                raise BackendError(f"cannot locate the completion in the echoed tokens from {self.shown_url}")
             end = start + len(completions[i])
             sel = [k for k, off in enumerate(offsets) if start <= off < end]
             logps = [float(lp.token_logprobs[k]) for k in sel]
