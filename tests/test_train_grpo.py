@@ -13,7 +13,7 @@ import torch
 
 from reasonrec.train.common import adapter_weights, stop_after_steps
 from reasonrec.train.config import GRPOConfig
-from reasonrec.train.grpo import build_grpo_trainer, train_grpo
+from reasonrec.train.grpo import build_grpo_trainer, rank_reward, target_rank, train_grpo
 
 PROMPTS = pd.DataFrame({"prompt": [f"Question {i}: will the user like item {i}? Answer Yes or No." for i in range(4)]})
 
@@ -69,3 +69,51 @@ def test_killed_and_resumed_run_ends_at_the_same_weights(tiny_model_path, tmp_pa
     a, b = adapter_weights(full.adapter_dir), adapter_weights(resumed.adapter_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- rank reward
+
+CANDS = [f"Movie {c} (199{i % 10})" for i, c in enumerate("ABCDEFGHIJKLMNOPQRST")]
+
+
+def _listing(titles):
+    return "\n".join(f"{i}. {t} - fits the profile" for i, t in enumerate(titles, start=1))
+
+
+def test_rank_reward_strips_the_think_block():
+    """Numbered lines inside <think> are the model's scratch work, not its ranking: the target ranked first after
+    a two-line think block has rank 1 (the old substring parser gave it rank 3)."""
+    text = f"<think>\n1. {CANDS[5]} maybe\n2. {CANDS[6]} hmm\n</think>\n" + _listing([CANDS[0], CANDS[5], CANDS[6]])
+    assert target_rank(text, CANDS[0], CANDS) == 1
+    assert rank_reward([text], target_title=[CANDS[0]], candidates=[CANDS]) == [1.0]
+    # and a target named only inside the think block is unranked
+    assert target_rank(text, CANDS[9], CANDS) is None
+
+
+def test_one_line_listing_every_title_is_not_rank_1_for_every_target():
+    """The reward hack: "1. A, B, C, ..." names every title on one line. It counts as one candidate (the longest
+    title on it), so at most one target can get rank 1 from it; every other target is unranked (−1)."""
+    text = "1. " + ", ".join(CANDS)
+    rewards = rank_reward([text] * len(CANDS), target_title=CANDS, candidates=[CANDS] * len(CANDS))
+    assert rewards.count(1.0) <= 1 and rewards.count(-1.0) >= len(CANDS) - 1, rewards
+    honest = rank_reward([_listing(CANDS)] * len(CANDS), target_title=CANDS, candidates=[CANDS] * len(CANDS))
+    assert sum(honest) > sum(rewards)
+
+
+def test_duplicates_and_missing_items_in_the_reward():
+    # a duplicate line is dropped: the next new title moves up, as evaluation ranks it
+    dup = _listing([CANDS[1], CANDS[1], CANDS[1], CANDS[2]])
+    assert target_rank(dup, CANDS[2], CANDS) == 2
+    # items the model left out are not ranked by it (evaluation appends them; the reward must not)
+    short = _listing([CANDS[3], CANDS[4]])
+    assert target_rank(short, CANDS[19], CANDS) is None
+    assert rank_reward([short], target_title=[CANDS[19]], candidates=[CANDS]) == [-1.0]
+    # a fuzzy variant of a title still counts (year dropped, case changed), a target outside the list does not
+    assert target_rank("1. movie e\n2. Movie A (1990)", CANDS[0], CANDS) == 2
+    assert target_rank(_listing(CANDS), "Not A Candidate (2001)", CANDS) is None
+
+
+def test_rank_reward_leaves_other_tasks_to_their_reward():
+    out = rank_reward([_listing(CANDS)] * 2, target_title=[CANDS[0]] * 2, candidates=[CANDS] * 2,
+                      task=["rank", "memory"])
+    assert out == [1.0, None]

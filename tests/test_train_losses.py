@@ -95,11 +95,13 @@ def test_starec_rank_reward_table(rank, reward):
 
 
 def test_rank_reward_parses_lists_and_chat_completions():
-    text = "Here is my ranking:\n1. Heat (1995)\n2. Alien (1979)\n3) Up\n"
-    assert target_rank(text, "alien (1979)") == 2
-    assert target_rank("I cannot decide.", "Alien") is None
+    text = "Here is my ranking:\n1. Heat (1995)\n2. alien (1979)\n3) Up\n"
+    cands = ["Up", "Alien (1979)", "Heat (1995)"]
+    assert target_rank(text, "Alien (1979)", cands) == 2
+    assert target_rank("I cannot decide.", "Alien (1979)", cands) is None
     chat = [[{"role": "assistant", "content": text}]]
-    assert rank_reward([text, "no list", chat[0]], target_title=["Heat (1995)", "Heat", "Up"]) == [1.0, -1.0, 0.5]
+    assert rank_reward([text, "no list", chat[0]], target_title=["Heat (1995)", "Heat (1995)", "Up"],
+                       candidates=[cands, cands, "\n".join(cands)]) == [1.0, -1.0, 0.5]
     assert yes_reward(["Yes, surely", "no", " YES.", "Maybe yes"]) == [1.0, 0.0, 1.0, 0.0]
 
 

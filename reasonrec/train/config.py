@@ -200,7 +200,10 @@ class GRPOConfig(_TrainerConfig):
             (a smoke-test reward). Memory-update rewards need a ranking callable, so they are passed from Python
             (:func:`reasonrec.train.grpo.memory_update_reward`), not from YAML.
         target_column (`str`, defaults to `"target_title"`): the column holding the held-out item for ``rank``.
+        candidates_column (`str`, defaults to `"candidates"`): the titles the prompt showed (a list, or one per
+            line); ``rank`` reads the completion with the evaluation's ranking parser over them.
         prompt_column (`str`, defaults to `"prompt"`).
+        system_column (`str`, optional): a column of system messages (chat template only).
         num_generations (`int`, defaults to `8`): group size G. Source: STARec (8 rollouts per prompt).
         beta (`float`, defaults to `1e-3`): KL coefficient. Source: STARec (1e-3), as DeepSeek-R1.
         max_completion_length (`int`, defaults to `256`): tokens generated per completion.
@@ -212,7 +215,9 @@ class GRPOConfig(_TrainerConfig):
 
     reward: Literal["rank", "yes"] = "rank"
     target_column: str = "target_title"
+    candidates_column: str = "candidates"
     prompt_column: str = "prompt"
+    system_column: str | None = None
     num_generations: int = Field(8, ge=2)
     beta: float = Field(1e-3, ge=0)
     max_completion_length: int = Field(256, ge=1)

@@ -5,7 +5,11 @@ Reward functions follow trl's convention: keyword arguments ``prompts``, ``compl
 completion, and can be called and tested outside any trainer.
 
 - :func:`rank_reward` — STARec's ranking reward: +1 if the held-out item is ranked first, +0.5 for ranks 2-5, 0 for
-  6-10, −0.5 for 11-20, −1 below 20, when it is missing, or when the output cannot be parsed.
+  6-10, −0.5 for 11-20, −1 below 20, when it is missing, or when the output cannot be parsed. The rank is read by
+  the evaluation parser (:func:`reasonrec.llm.parsers.parse_ranking`: think block stripped, each numbered line
+  fuzzy-matched to *one* candidate title, duplicates dropped), so reward and evaluation rank identically; a line
+  naming several titles counts as one of them, and a target the model never named is unranked (−1), not
+  appended the way evaluation completes a list. Hence the reward needs the prompt's candidate titles (a column).
 - :func:`memory_update_reward` — STARec's memory-update task: the completion is a new user memory; a follow-up
   ranking with that memory (a callable the method supplies, e.g. the current policy answering the ranking prompt)
   gives the target's rank, rewarded as above.
@@ -32,10 +36,11 @@ from .common import (
     skipped_result,
     training_kwargs,
 )
+from ..llm.parsers import ParseError
+from ..llm.parsers import parse_ranking as _parse_ranking
 from .config import GRPOConfig
 from .lean import lean_completion_logps, supports_lean
 
-_ITEM_LINE = re.compile(r"^\s*(?:\[?\d+[\].):]|[-*•])\s*(.+?)\s*$")
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -46,25 +51,28 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+def candidate_titles(candidates: Any) -> list[str]:
+    """A candidates column value as a list of titles: a list / array of titles, or one title per line."""
+    if isinstance(candidates, str):
+        return [t for t in candidates.split("\n") if t.strip()]
+    return [str(t) for t in candidates]
 
 
-def parse_ranking(text: str) -> list[str]:
-    """Item lines of a ranked list ("1. Title", "2) Title", "- Title"), in order; [] when there is none."""
-    return [m.group(1) for line in text.splitlines() if (m := _ITEM_LINE.match(line))]
-
-
-def target_rank(text: str, target: str) -> int | None:
-    """1-based rank of ``target`` in the ranked list in ``text`` (case / punctuation insensitive), else None."""
-    want = _norm(target)
-    if not want:
+def target_rank(text: str, target: str, candidates: Any) -> int | None:
+    """1-based rank of ``target`` among the candidates the ranked list in ``text`` names, as evaluation reads it
+    (:func:`reasonrec.llm.parsers.parse_ranking` over ``candidates``, the titles the prompt showed); ``None`` when
+    the output names no candidate, or never names the target (missing items are not ranked by the model)."""
+    titles = candidate_titles(candidates)
+    try:
+        want = titles.index(str(target))
+    except ValueError:
         return None
-    for i, item in enumerate(parse_ranking(text), start=1):
-        got = _norm(item)
-        if got and (got == want or want in got):
-            return i
-    return None
+    try:
+        ranking = _parse_ranking(text, dict(enumerate(titles)))
+    except ParseError:
+        return None
+    named = ranking.ids[:ranking.matched]  # ids after `matched` are the missing ones parse_ranking appended
+    return named.index(want) + 1 if want in named else None
 
 
 def rank_to_reward(rank: int | None) -> float:
@@ -82,17 +90,29 @@ def rank_to_reward(rank: int | None) -> float:
     return -1.0
 
 
-def rank_reward(completions: Sequence[Any], target_title: Sequence[str], **kwargs) -> list[float]:
-    """STARec ranking reward per completion; ``target_title`` is the held-out item's title (dataset column)."""
-    return [rank_to_reward(target_rank(completion_text(c), str(t)))
-            for c, t in zip(completions, target_title, strict=True)]
+def _rank_rewards(completions, targets, candidates, tasks=None) -> list[float | None]:
+    out: list[float | None] = []
+    for i, (c, t, cands) in enumerate(zip(completions, targets, candidates, strict=True)):
+        if tasks is not None and tasks[i] != "rank":
+            out.append(None)  # another task's row (memory update): not this reward's to score
+        else:
+            out.append(rank_to_reward(target_rank(completion_text(c), str(t), cands)))
+    return out
 
 
-def make_rank_reward(target_column: str) -> Callable[..., list[float]]:
-    """:func:`rank_reward` reading the target from another column name (trl logs it as ``rank_reward``)."""
+def rank_reward(completions: Sequence[Any], target_title: Sequence[str], candidates: Sequence[Any],
+                **kwargs) -> list[float | None]:
+    """STARec ranking reward per completion; ``target_title`` is the held-out item's title and ``candidates`` the
+    titles the prompt showed (dataset columns). With a ``task`` column, rows whose task is not ``rank`` get
+    ``None`` (trl: not applicable)."""
+    return _rank_rewards(completions, target_title, candidates, kwargs.get("task"))
+
+
+def make_rank_reward(target_column: str, candidates_column: str = "candidates") -> Callable[..., list[float]]:
+    """:func:`rank_reward` reading the target and candidates from other column names (trl logs it as
+    ``rank_reward``)."""
     def rank_reward(completions, **kwargs):  # noqa: D401 — the name is what trl logs
-        return [rank_to_reward(target_rank(completion_text(c), str(t)))
-                for c, t in zip(completions, kwargs[target_column], strict=True)]
+        return _rank_rewards(completions, kwargs[target_column], kwargs[candidates_column], kwargs.get("task"))
     return rank_reward
 
 
@@ -106,10 +126,13 @@ def memory_update_reward(rank_with_memory: Callable[[str, dict[str, Any]], int |
     """
     def memory_update_reward(prompts, completions, **kwargs):
         columns = {k: v for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(completions)}
-        out = []
+        out: list[float | None] = []
         for i, c in enumerate(completions):
             row = {k: v[i] for k, v in columns.items()}
             row["prompt"] = prompts[i]
+            if row.get("task", "memory") != "memory":
+                out.append(None)  # a ranking row: rank_reward scores it
+                continue
             out.append(rank_to_reward(rank_with_memory(completion_text(c), row)))
         return out
     return memory_update_reward
@@ -129,10 +152,12 @@ def grpo_dataset(df, cfg: GRPOConfig):
 
     df = df.copy()
     prompts = [str(p) for p in df[cfg.prompt_column]]
+    systems = ([str(s) if s else None for s in df[cfg.system_column]] if cfg.system_column
+               else [None] * len(prompts))
     df = df.drop(columns=[cfg.prompt_column])
     records = df.to_dict("records")
-    for rec, p in zip(records, prompts, strict=True):
-        rec["prompt"] = chat_messages(p) if cfg.chat_template else p
+    for rec, p, s in zip(records, prompts, systems, strict=True):
+        rec["prompt"] = chat_messages(p, system=s) if cfg.chat_template else p
     return Dataset.from_list(records)
 
 
@@ -171,8 +196,9 @@ def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable
     from trl import GRPOTrainer
 
     if reward_funcs is None:
-        reward_funcs = [make_rank_reward(cfg.target_column)] if cfg.reward == "rank" else [yes_reward]
-    needed = [cfg.prompt_column] + ([cfg.target_column] if cfg.reward == "rank" else [])
+        reward_funcs = ([make_rank_reward(cfg.target_column, cfg.candidates_column)] if cfg.reward == "rank"
+                        else [yes_reward])
+    needed = [cfg.prompt_column] + ([cfg.target_column, cfg.candidates_column] if cfg.reward == "rank" else [])
     if df is None:
         df = read_table(cfg.data.train, needed, cfg.data.limit)
     set_seed(cfg.training.seed)
