@@ -31,10 +31,17 @@ def _trackrec() -> ModuleType:
     return trackrec
 
 
+def _starec() -> ModuleType:
+    from . import starec
+
+    return starec
+
+
 # name → loader; modules import torch and friends, so they load only when chosen.
 METHODS = {
     "r4ec": _r4ec,
     "trackrec": _trackrec,
+    "starec": _starec,
 }
 
 
