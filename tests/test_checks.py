@@ -143,6 +143,15 @@ def test_dry_run_of_the_gpu_config_names_only_what_is_missing(hub_cache, ml1m_di
         assert "MovieLens-1M not found" in by_key["data"] and "ratings.dat" in by_key["data"]
 
 
+def test_dry_run_of_the_starec_gpu_config_names_only_the_missing_weights(hub_cache, ml1m_dir_or_none):
+    """configs/starec/ml1m-qwen7b.yaml without the weights: only the agent's base model is named (with its download
+    command); the teacher endpoint is a server started later; a data problem is named on its own key."""
+    lines = _problems(REPO / "configs" / "starec" / "ml1m-qwen7b.yaml", data_dir=ml1m_dir_or_none)
+    by_key = {line.split("key '")[1].split("'")[0]: line for line in lines}
+    assert "`huggingface-cli download Qwen/Qwen2.5-7B-Instruct`" in by_key["model.name"]
+    assert set(by_key) <= {"model.name", "data"}, lines
+
+
 @pytest.fixture
 def ml1m_dir_or_none(shared_data):
     d = shared_data / "ml-1m"

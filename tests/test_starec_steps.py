@@ -91,7 +91,10 @@ def test_memory_update_loop_on_the_tiny_model(tiny_model_path):
     assert a.versions[3]["prediction"].startswith("Predicted Liked") and a.versions[3]["feedback"] == \
         "Disliked (rated 1 out of 5)"
     assert len(a.memory_samples) == 2 and "Updated User description:" in a.memory_samples[0]["completion"]
-    assert a.memory_samples[0]["followup"] is cases[0].steps[1] and a.memory_samples[1]["followup"] is None
+    f = a.memory_samples[0]["followup"]   # the indirect reward's follow-up: the next step, history as it was then
+    assert f["candidates"] == cases[0].steps[1]["cands"] and [h["title"] for h in f["history"]] == \
+        ["Heat (1995)", "Film 0 (1990)"]
+    assert a.memory_samples[1]["followup"] is None
     assert [v["cause"] for v in b.versions] == ["init", "append", "append", "append"] and b.memory.description == ""
     # w/o self-reflection: the same discrepancies are only appended
     flat = steps.replay(llm, "movie", [_case(1, [False, True, False])], reflect=False, history_len=5,

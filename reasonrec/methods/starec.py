@@ -361,11 +361,7 @@ def stage_replay(ctx: Ctx, agent: str, mode: str, split: str) -> dict[int, dict]
                                history_len=cfg.subset.history_len, rank_tokens=rp.rank_tokens,
                                memory_tokens=rp.memory_tokens, seed=cfg.data.seed, temperature=rp.temperature,
                                stats=stats, reflect_stats=rstats)
-            for case, r in zip(batch, out, strict=True):
-                for s in r.memory_samples:   # the follow-up ranking of the indirect reward (§4.2.2)
-                    nxt = s.pop("followup")
-                    s["followup"] = (None if nxt is None else
-                                     steps.followup_case(nxt, r.memory, cfg.subset.history_len))
+            for r in out:
                 store.commit({"user_id": r.memory.user_id, "versions": r.versions,
                               "memory": dataclasses.asdict(r.memory), "rank_samples": r.rank_samples,
                               "memory_samples": r.memory_samples})

@@ -283,6 +283,9 @@ def replay(llm, domain: str, cases: Sequence[ReplayCase], *, reflect: bool, adap
                     cause = "reflect_failed"
             m.history.append(step["item"])
             m.version += 1
+            if i in new_desc and res[i].memory_samples[-1]["followup"] is not None:
+                res[i].memory_samples[-1]["followup"] = followup_case(res[i].memory_samples[-1]["followup"], m,
+                                                                      history_len)
             res[i].versions.append({"version": m.version, "text": m.description, "cause": cause,
                                     "history": len(m.history), "item": step["item"]["title"],
                                     "prediction": step["_pred"], "rank": step["_rank"],
@@ -292,8 +295,9 @@ def replay(llm, domain: str, cases: Sequence[ReplayCase], *, reflect: bool, adap
 
 def followup_case(sample: dict, memory: Memory, history_len: int) -> dict:
     """The follow-up ranking a rewritten memory is judged by (§4.2.2 indirect reward): the user's next replay
-    step (or final list), as the fields to re-render ``starec_rank`` with another description."""
-    return {"user": memory.user, "history": memory.history[-history_len:],
+    step (or final list) with the history as it stands then, as the fields to re-render ``starec_rank`` with
+    another description."""
+    return {"user": memory.user, "history": list(memory.history[-history_len:]),
             "candidates": sample["cands"], "target_pos": sample["pos"]}
 
 

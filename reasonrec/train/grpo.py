@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ..llm.parsers import ParseError
+from ..llm.parsers import parse_ranking as _parse_ranking
 from .common import (
     TrainResult,
     chat_messages,
@@ -36,8 +38,6 @@ from .common import (
     skipped_result,
     training_kwargs,
 )
-from ..llm.parsers import ParseError
-from ..llm.parsers import parse_ranking as _parse_ranking
 from .config import GRPOConfig
 from .lean import lean_completion_logps, supports_lean
 
