@@ -42,7 +42,7 @@ def _config(tmp_path: Path, **changes) -> Path:
 
 
 def test_replay_killed_mid_stage_resumes_without_replaying_a_user(tmp_path, ml100k_dir, monkeypatch):
-    path = _config(tmp_path, **{"variants": ["teacher"], "baselines": [], "subset.test_users": 4,
+    path = _config(tmp_path, **{"variants": ["teacher"], "baselines": [], "subset.test_users": 3,
                                 "eval.best_of_n": 0})
     memories = tmp_path / "run" / "replay" / "teacher-reflect" / "test" / "memories.jsonl"
     code = "import sys; from reasonrec.methods import run_experiment; run_experiment(sys.argv[1])"
@@ -51,7 +51,7 @@ def test_replay_killed_mid_stage_resumes_without_replaying_a_user(tmp_path, ml10
     deadline = time.time() + 600
     try:
         while proc.poll() is None and time.time() < deadline:
-            if memories.exists() and memories.read_bytes().count(b"\n") >= 2:   # 2 of 4 users committed
+            if memories.exists() and memories.read_bytes().count(b"\n") >= 1:   # 1 of 3 users committed
                 break
             time.sleep(0.05)
     finally:
@@ -59,7 +59,7 @@ def test_replay_killed_mid_stage_resumes_without_replaying_a_user(tmp_path, ml10
         proc.wait()
     before = memories.read_bytes()
     committed = {json.loads(line)["user_id"] for line in before.splitlines() if line.endswith(b"}")}
-    assert 1 <= len(committed) < 4, "the kill came too late (or too early) to test resumption"
+    assert 1 <= len(committed) < 3, "the kill came too late (or too early) to test resumption"
     assert not (memories.parent / "_SUCCESS.json").exists()
 
     replayed: list[int] = []
@@ -76,7 +76,7 @@ def test_replay_killed_mid_stage_resumes_without_replaying_a_user(tmp_path, ml10
     good = b"".join(line for line in before.splitlines(keepends=True) if line.endswith(b"\n"))
     assert after.startswith(good)                                       # committed memories intact
     mem = pd.read_parquet(memories.parent / "memories.parquet")
-    assert mem["user_id"].nunique() == 4
+    assert mem["user_id"].nunique() == 3
     for _, g in mem.groupby("user_id"):
         assert g["version"].tolist() == list(range(len(g))) and g["cause"].iloc[0] == "init"
     res, _ = read_results(tmp_path / "run")

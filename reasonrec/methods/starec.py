@@ -774,6 +774,7 @@ def _order_scores(df: pd.DataFrame) -> list[np.ndarray]:
 def run(cfg: Config, run_dir: RunDir) -> dict:
     ctx = stage_samples(cfg, run_dir)
     v = cfg.variants
+    scores = {b: list(stage_baseline(ctx, b)["scores"]) for b in cfg.baselines}   # cheap: first
     rankings: dict[str, pd.DataFrame] = {}
     if "teacher" in v:
         rankings["teacher"] = stage_rank(ctx, "teacher", "reflect")
@@ -785,7 +786,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     sft_info = None
     if needs_sft:
         train_sft_agent(ctx)
-        sft_info = ctx.run.stage("sft_data").info()
+        sft_info = {k: v for k, v in ctx.run.stage("sft_data").info().items()
+                    if k not in ("stage", "artifacts", "sha256", "seconds")}
         if "sft" in v:
             rankings["sft"] = stage_rank(ctx, "sft", "reflect")
             if cfg.eval.best_of_n > 1:
@@ -800,8 +802,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         rankings["no_sft"] = stage_rank(ctx, "no_sft", "reflect")
     ctx.release()
     frames = [prediction_rows(ctx, name, _order_scores(df)) for name, df in rankings.items()]
-    for b in cfg.baselines:
-        frames.append(prediction_rows(ctx, b, list(stage_baseline(ctx, b)["scores"])))
+    frames += [prediction_rows(ctx, b, sc) for b, sc in scores.items()]
     preds = pd.concat(frames, ignore_index=True)
     io.write_parquet(run_dir.root / "predictions.parquet", preds)
     variants = [*rankings, *cfg.baselines]
