@@ -776,30 +776,31 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     v = cfg.variants
     scores = {b: list(stage_baseline(ctx, b)["scores"]) for b in cfg.baselines}   # cheap: first
     rankings: dict[str, pd.DataFrame] = {}
+    # the paper's main chain first (teacher → SFT → SFT + GRPO → its ablations), then the LLM baselines, then Best of
+    # N: a run cut short by its time budget has the rows the paper's claims rest on
     if "teacher" in v:
         rankings["teacher"] = stage_rank(ctx, "teacher", "reflect")
-    if "llmrank" in v:
-        rankings["llmrank"] = stage_llmrank(ctx)
-    if "agentcf" in v:
-        rankings["agentcf"] = stage_agentcf(ctx)
-    needs_sft = any(x in v for x in ("sft", "starec", "no_reflection"))
     sft_info = None
-    if needs_sft:
+    if any(x in v for x in ("sft", "starec", "no_reflection")):
         train_sft_agent(ctx)
-        sft_info = {k: v for k, v in ctx.run.stage("sft_data").info().items()
+        sft_info = {k: val for k, val in ctx.run.stage("sft_data").info().items()
                     if k not in ("stage", "artifacts", "sha256", "seconds")}
         if "sft" in v:
             rankings["sft"] = stage_rank(ctx, "sft", "reflect")
-            if cfg.eval.best_of_n > 1:
-                rankings[f"sft/best_of_{cfg.eval.best_of_n}"] = stage_best_of_n(ctx, "sft")
     if "starec" in v or "no_reflection" in v:
         train_grpo_agent(ctx, "starec", "sft")
         for name in ("starec", "no_reflection"):
             if name in v:
                 rankings[name] = stage_rank(ctx, *AGENTS[name])
+    if "llmrank" in v:
+        rankings["llmrank"] = stage_llmrank(ctx)
     if "no_sft" in v:
         train_grpo_agent(ctx, "no_sft", None)
         rankings["no_sft"] = stage_rank(ctx, "no_sft", "reflect")
+    if "agentcf" in v:
+        rankings["agentcf"] = stage_agentcf(ctx)
+    if "sft" in v and cfg.eval.best_of_n > 1:
+        rankings[f"sft/best_of_{cfg.eval.best_of_n}"] = stage_best_of_n(ctx, "sft")
     ctx.release()
     frames = [prediction_rows(ctx, name, _order_scores(df)) for name, df in rankings.items()]
     frames += [prediction_rows(ctx, b, sc) for b, sc in scores.items()]
