@@ -47,11 +47,12 @@ class EngineSection(Section):
     max_attempts: int = 3
 
 
-_ENGINE: ContextVar[EngineSection] = ContextVar("reasonrec_engine", default=EngineSection())
+_ENGINE: ContextVar[EngineSection | None] = ContextVar("reasonrec_engine", default=None)
 
 
 def current_engine() -> EngineSection:
-    return _ENGINE.get()
+    """The engine of the run in progress; ``local`` outside one (and inside every Ray worker)."""
+    return _ENGINE.get() or EngineSection()
 
 
 @contextlib.contextmanager
