@@ -11,6 +11,10 @@ as it returns. A backend that finishes rows of one call at different times can d
 done. Either way a ``kill -9`` loses at most the rows in flight. WAL mode lets another process read the cache
 while a run writes it.
 
+Under ``engine: ray`` (:mod:`reasonrec.llm.ray_engine`) the chunks are shards mapped over Ray workers at once;
+each finished shard is written as Parquet (:class:`ShardStore`, ``llm_shards/`` beside the cache file) and then
+committed here, under the same keys: both engines read and fill the same cache.
+
 Why our own (rather than e.g. ``diskcache`` or an HTTP-level cache): keys must be computed from the formatted
 prompt and the sample index, and commits must follow our batches; that is ~150 lines on the standard library.
 """

@@ -38,6 +38,7 @@ Adapters: ``load_adapter`` is recorded on the driver and sent with every shard; 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -46,6 +47,8 @@ from typing import Any
 
 from ..errors import BackendError, ConfigError
 from .engine import EngineSection
+
+log = logging.getLogger(__name__)
 
 
 def _ray():
@@ -212,6 +215,8 @@ class RayBackend:
                 if attempts[name] >= self.engine.max_attempts:
                     raise BackendError(f"shard {name}: its worker died {attempts[name]} times "
                                        f"(engine.max_attempts); last: {err}") from None
+                log.warning("shard %s: its Ray worker died (%s); running it again (attempt %d of %d)", name,
+                            type(err).__name__, attempts[name] + 1, self.engine.max_attempts)
                 queue.appendleft(j)  # on whichever worker is free first
                 # Ray restarts the actor (max_restarts=-1) and reloads its model; probe until it answers
                 self._probes[worker.info.remote()] = worker

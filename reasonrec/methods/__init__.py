@@ -85,6 +85,12 @@ def check_experiment(module: ModuleType, cfg, source: str = "<config>") -> None:
     from ..checks import Checker
 
     checker = Checker(source)
+    engine = getattr(cfg, "engine", None)
+    if engine is not None and engine.kind == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            checker.problem("engine.kind", "engine 'ray' needs Ray: pip install 'reasonrec[ray]'")
     check = getattr(module, "check", None)
     if check is not None:
         check(cfg, checker)
