@@ -4,12 +4,14 @@ One call of the shape of an R4ec construction step: ``generate`` on ML-100K item
 batch = one shard), through the run cache on a fresh cache file each time, so every row is computed:
 
     local       CachedLLM over the transformers backend in this process, torch pinned to 1 thread
-    ray ×1      the same behind RayBackend with 1 worker (1 CPU: Ray pins the actor's threads to 1)
-    ray ×2      2 workers, 1 CPU each
+    ray ×1      the same cache over RayBackend using 1 of its 2 workers (1 CPU: Ray pins the actor's threads to 1)
+    ray ×2      both workers, 1 CPU each
+
+The three alternate ``--repeats`` times (medians reported), so a change in the machine's load hits them alike.
 
 It prints rows/s and tokens/s of each, the ratio ray ×2 / ray ×1 (the scale-out on 2 cores) and ray ×1 / local
-(the engine's overhead: shipping shards and results, writing the Parquet shards), each worker's start-up (model
-load in the actor) separately, and checks the three give the same texts. Then the per-call overhead that argues
+(the engine's overhead: shipping shards and results, writing the Parquet shards), the workers' start-up (model
+load in the actors) separately, and checks the three give the same texts. Then the per-call overhead that argues
 for plain actors over Ray Data (reasonrec/llm/ray_engine.py): an empty shard round trip on an actor vs an empty
 ``ray.data`` ``map_batches`` over an actor pool of 2, which plans and starts a streaming executor per call.
 
@@ -85,6 +87,7 @@ def main() -> None:
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of local, ray ×1, ray ×2 (medians)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the empty-call overhead measurement")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scaleout.json")
     args = ap.parse_args()
@@ -93,6 +96,7 @@ def main() -> None:
     import torch
 
     from reasonrec.llm.base import load_llm
+    from reasonrec.llm.cache import CachedLLM
     from reasonrec.llm.engine import EngineSection, use_engine
 
     torch.set_num_threads(1)
@@ -102,25 +106,39 @@ def main() -> None:
              configure_logging=False)
     out: dict = {"model": args.model, "n_prompts": len(prompts), "batch_size": args.batch_size,
                  "max_new_tokens": args.max_new_tokens, "load_before": load_before}
-    texts = {}
+    texts: dict[str, list[str]] = {}
+    runs: dict[str, list[dict]] = {"local": [], "ray_x1": [], "ray_x2": []}
     with tempfile.TemporaryDirectory() as tmp:
         opts = {"batch_size": args.batch_size}
         t = time.perf_counter()
-        local = load_llm(args.model, backend="transformers", cache=Path(tmp) / "local" / "c.sqlite", **opts)
+        local = load_llm(args.model, backend="transformers", **opts)
         out["local_load_s"] = time.perf_counter() - t
-        secs, texts["local"], tokens = timed_generate(local, prompts, args.max_new_tokens)
-        out["local"] = {"seconds": secs, "rows_s": len(prompts) / secs, "tok_s": tokens / secs}
-        for workers in (1, 2):
-            name = f"ray_x{workers}"
-            t = time.perf_counter()
-            with use_engine(EngineSection(kind="ray", workers=workers)):
-                llm = load_llm(args.model, backend="transformers", cache=Path(tmp) / name / "c.sqlite", **opts)
-            start = time.perf_counter() - t
+        t = time.perf_counter()
+        with use_engine(EngineSection(kind="ray", workers=2)):
+            remote = load_llm(args.model, backend="transformers", **opts)
+        out["ray_startup_s"] = time.perf_counter() - t  # 2 actors loading the model side by side
+        both = remote.workers
+
+        def measure(name: str, inner, rep: int) -> None:
+            llm = CachedLLM(inner, Path(tmp) / f"{name}-{rep}" / "c.sqlite", progress=False)
             secs, texts[name], tokens = timed_generate(llm, prompts, args.max_new_tokens)
-            out[name] = {"seconds": secs, "rows_s": len(prompts) / secs, "tok_s": tokens / secs,
-                         "startup_s": start, "shards": llm.inner.stats["shards"]}
-            print(f"  {name}: {out[name]}", flush=True)
-            llm.inner.close()
+            runs[name].append({"seconds": secs, "rows_s": len(prompts) / secs, "tok_s": tokens / secs})
+            print(f"  rep {rep} {name}: {secs:.2f} s", flush=True)
+
+        for inner in (local, remote):  # first calls pay one-off costs (allocator, kernels); not measured
+            inner.generate(prompts[:2], max_new_tokens=4)
+        # alternate the three so that a change in the machine's load hits all of them alike
+        for rep in range(args.repeats):
+            measure("local", local, rep)
+            remote.workers = both[:1]  # the same actor, alone
+            measure("ray_x1", remote, rep)
+            remote.workers = both
+            measure("ray_x2", remote, rep)
+        remote.close()
+    for name, rs in runs.items():
+        med = statistics.median(r["seconds"] for r in rs)
+        out[name] = {"seconds": med, "rows_s": len(prompts) / med,
+                     "tok_s": statistics.median(r["tok_s"] for r in rs), "runs": rs}
     out["ratio_2_vs_1_workers"] = out["ray_x2"]["rows_s"] / out["ray_x1"]["rows_s"]
     out["overhead_ray1_vs_local"] = out["ray_x1"]["seconds"] / out["local"]["seconds"]
     out["same_texts"] = texts["ray_x1"] == texts["local"] and texts["ray_x2"] == texts["local"]
@@ -130,10 +148,12 @@ def main() -> None:
 
     print(f"{len(prompts)} prompts × ≤{args.max_new_tokens} tokens, {args.model}, batch {args.batch_size} "
           f"(load {load_before:.1f} → {out['load_after']:.1f})")
+    print(f"  model load: local {out['local_load_s']:.1f} s, 2 Ray workers {out['ray_startup_s']:.1f} s")
     for name in ("local", "ray_x1", "ray_x2"):
         r = out[name]
-        extra = f", start-up {r['startup_s']:.1f} s" if "startup_s" in r else f", load {out['local_load_s']:.1f} s"
-        print(f"  {name:7s} {r['seconds']:6.1f} s  {r['rows_s']:6.2f} rows/s  {r['tok_s']:7.1f} tok/s{extra}")
+        each = ", ".join(f"{x['seconds']:.2f}" for x in r["runs"])
+        print(f"  {name:7s} {r['seconds']:6.2f} s  {r['rows_s']:6.2f} rows/s  {r['tok_s']:7.1f} tok/s "
+              f"(median of {args.repeats}: {each} s)")
     print(f"  ray ×2 / ray ×1: {out['ratio_2_vs_1_workers']:.2f}×   ray ×1 / local (time): "
           f"{out['overhead_ray1_vs_local']:.2f}×   same texts: {out['same_texts']}")
     e = out["empty_call"]

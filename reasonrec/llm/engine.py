@@ -30,7 +30,7 @@ class EngineSection(Section):
         kind: ``local`` (default: every LLM call in this process) or ``ray``.
         address: the Ray cluster to join (``ray://host:10001`` or ``host:6379``, as ``ray start`` prints);
             ``None`` joins ``RAY_ADDRESS`` if set, else starts a local cluster on this machine.
-        workers: model replicas (Ray actors); ``None`` = as many as the cluster's free CPUs (or GPUs, for vLLM)
+        workers: model replicas (Ray actors); ``None`` = as many as the cluster's CPUs (and GPUs, for vLLM)
             hold at ``cpus_per_worker`` / ``gpus_per_worker`` each.
         cpus_per_worker: CPUs each replica reserves (also its torch / llama.cpp thread count).
         gpus_per_worker: GPUs each replica reserves; ``None`` = 0 for CPU backends, and for vLLM its

@@ -114,8 +114,8 @@ class RayBackend:
 
     Calls made on it directly are split into shards of its batch and mapped over the workers (nothing kept);
     behind :class:`~reasonrec.llm.cache.CachedLLM` the cache shards, keeps and commits (:meth:`map_shards`).
-    ``stats``: ``shards`` finished, ``attempts`` per shard name, ``lost`` (shard, worker pid) for every shard
-    whose worker died.
+    ``stats``: ``shards`` finished, ``attempts`` per shard name, ``lost`` (shard, Ray actor id) for every shard
+    whose worker died; ``pids``: the workers' processes as started.
     """
 
     def __init__(self, name: str, backend: str, options: dict[str, Any], engine: EngineSection):
