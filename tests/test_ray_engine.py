@@ -113,7 +113,7 @@ def test_worker_killed_mid_stage_redoes_only_its_shard(cluster, tmp_path):
     backend.close()
 
 
-def test_engine_settings_from_the_command_line_and_gpu_workers():
+def test_engine_settings_from_the_command_line_and_gpu_workers(ml100k_dir):
     from reasonrec.llm.ray_engine import worker_resources
     from reasonrec.methods import load_experiment, resolve_paths
 
@@ -123,6 +123,12 @@ def test_engine_settings_from_the_command_line_and_gpu_workers():
     assert (cfg.engine.kind, cfg.engine.address) == ("ray", "10.0.0.1:6379")
     with pytest.raises(Exception, match="local"):
         resolve_paths(cfg, engine="spark")
+    from typer.testing import CliRunner
+
+    from reasonrec.cli import app
+
+    r = CliRunner().invoke(app, ["run", str(SMOKE), "--engine", "ray", "--dry-run", "--data-dir", str(ml100k_dir)])
+    assert r.exit_code == 0 and ": ok" in r.output, r.output
     # vLLM replicas reserve their tensor-parallel GPUs; CPU backends none (the GPU path is not run here)
     assert worker_resources("vllm", {"tensor_parallel_size": 2}, EngineSection(kind="ray")) == {
         "num_cpus": 1.0, "num_gpus": 2.0}
