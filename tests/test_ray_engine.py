@@ -134,3 +134,23 @@ def test_engine_settings_from_the_command_line_and_gpu_workers(ml100k_dir):
         "num_cpus": 1.0, "num_gpus": 2.0}
     assert worker_resources("transformers", {}, EngineSection(kind="ray", cpus_per_worker=2)) == {
         "num_cpus": 2.0, "num_gpus": 0.0}
+
+
+@pytest.mark.slow  # two more worker start-ups (~20 s on 2 loaded cores)
+def test_encoding_on_ray_gives_the_local_vectors(cluster, ml100k_dir):
+    import numpy as np
+
+    from reasonrec.knowledge import load_encoder
+    from reasonrec.llm.ray_engine import RayEncoder
+
+    items = pd.read_csv(ml100k_dir / "u.item", sep="|", header=None, encoding="latin-1")
+    texts = [f"{t}, released {d}" for t, d in zip(items[1], items[2], strict=True)][:600]
+    local = load_encoder("minilm")
+    with use_engine(RAY):
+        remote = load_encoder("minilm")
+    remote.shard_rows = 128  # 5 shards over 2 workers
+    assert isinstance(remote, RayEncoder) and (remote.name, remote.dim) == (local.name, local.dim)
+    got = remote.encode(texts)
+    assert got.shape == (600, local.dim) and remote.stats["shards"] == 5
+    np.testing.assert_allclose(got, local.encode(texts), atol=1e-5)  # batches differ in padding only
+    remote.close()

@@ -109,67 +109,33 @@ class LLMWorker:
         return os.getpid(), getattr(self.llm, method)(**kwargs)
 
 
-class RayBackend:
-    """An :class:`~reasonrec.llm.base.LLM` answered by ``workers`` Ray actors, one model replica each.
+class _ActorPool:
+    """``workers`` Ray actors of one kind, each a replica, and the few lines that map shards over them."""
 
-    Calls made on it directly are split into shards of its batch and mapped over the workers (nothing kept);
-    behind :class:`~reasonrec.llm.cache.CachedLLM` the cache shards, keeps and commits (:meth:`map_shards`).
-    ``stats``: ``shards`` finished, ``attempts`` per shard name, ``lost`` (shard, Ray actor id) for every shard
-    whose worker died; ``pids``: the workers' processes as started.
-    """
-
-    def __init__(self, name: str, backend: str, options: dict[str, Any], engine: EngineSection):
+    def _start(self, worker_cls: type, args: tuple, engine: EngineSection, resources: dict[str, float]) -> list:
         ray = _ray()
         if not ray.is_initialized():
             # address None: RAY_ADDRESS if set, else a local cluster on this machine
             ray.init(address=engine.address, include_dashboard=False, log_to_driver=False)
-        self.engine = engine
-        self.resources = worker_resources(backend, options, engine)
+        self.engine, self.resources = engine, resources
         n = engine.workers or self._fit(ray.cluster_resources())
         if n < 1:
             raise ConfigError(f"engine: the Ray cluster has {ray.cluster_resources()} — not enough for one worker "
                               f"of {self.resources}")
-        actor = ray.remote(max_restarts=-1, max_task_retries=0, **self.resources)(LLMWorker)
+        actor = ray.remote(max_restarts=-1, max_task_retries=0, **resources)(worker_cls)
         # Ray sets each actor's OMP/torch threads to its num_cpus, so replicas do not fight over the cores.
-        self.workers = [actor.remote(name, backend, options) for _ in range(n)]
+        self.workers = [actor.remote(*args) for _ in range(n)]
         infos = ray.get([w.info.remote() for w in self.workers])
-        self.model_id = infos[0]["model_id"]
-        self.supports = frozenset(infos[0]["supports"]) - {"row_callback"}  # rows come back per shard
-        self.options = infos[0]["options"]  # the cache sizes its chunks (= shards) by the backend's batch
         self.pids = [i["pid"] for i in infos]
         self._adapters: dict[str, str] = {}
-        self._adapter_ids: dict[tuple[str | None, str], str] = {}
         self.stats: dict[str, Any] = {"shards": 0, "attempts": {}, "lost": []}
         self._probes: dict[Any, Any] = {}  # "are you back?" calls on restarting workers → the worker
+        return infos
 
     def _fit(self, resources: dict[str, float]) -> int:
         fits = [int(resources.get(k.removeprefix("num_").upper(), 0) // v)
                 for k, v in self.resources.items() if v]
         return min(fits) if fits else 1
-
-    # ------------------------------------------------------------------------------ what the cache asks
-
-    def format_many(self, prompts: list) -> list:
-        return self._ask("format_many", prompts, self._adapters)
-
-    def format(self, prompt) -> Any:
-        return self.format_many([prompt])[0]
-
-    def load_adapter(self, name: str, path) -> None:
-        self._adapters[name] = str(path)
-
-    @property
-    def adapters(self) -> list[str]:
-        return list(self._adapters)
-
-    def adapter_id(self, name: str | None) -> str:
-        key = (name, self._adapters.get(name or "", ""))
-        if key not in self._adapter_ids:
-            self._adapter_ids[key] = self._ask("adapter_id", name, self._adapters)
-        return self._adapter_ids[key]
-
-    def check_constraints(self, constraints: list) -> None:
-        self._ask("check_constraints", list(constraints))
 
     def map_shards(self, shards: Sequence[tuple[str, str, dict[str, Any]]],
                    on_done: Callable[[int, Any], None]) -> None:
@@ -250,6 +216,54 @@ class RayBackend:
                 except RayActorError:
                     self._probes[worker.info.remote()] = worker
 
+    def close(self) -> None:
+        ray = _ray()
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []
+
+
+
+class RayBackend(_ActorPool):
+    """An :class:`~reasonrec.llm.base.LLM` answered by ``workers`` Ray actors, one model replica each.
+
+    Calls made on it directly are split into shards of its batch and mapped over the workers (nothing kept);
+    behind :class:`~reasonrec.llm.cache.CachedLLM` the cache shards, keeps and commits (:meth:`map_shards`).
+    ``stats``: ``shards`` finished, ``attempts`` per shard name, ``lost`` (shard, Ray actor id) for every shard
+    whose worker died; ``pids``: the workers' processes as started.
+    """
+
+    def __init__(self, name: str, backend: str, options: dict[str, Any], engine: EngineSection):
+        infos = self._start(LLMWorker, (name, backend, options), engine, worker_resources(backend, options, engine))
+        self.model_id = infos[0]["model_id"]
+        self.supports = frozenset(infos[0]["supports"]) - {"row_callback"}  # rows come back per shard
+        self.options = infos[0]["options"]  # the cache sizes its chunks (= shards) by the backend's batch
+        self._adapter_ids: dict[tuple[str | None, str], str] = {}
+
+    # ------------------------------------------------------------------------------ what the cache asks
+
+    def format_many(self, prompts: list) -> list:
+        return self._ask("format_many", prompts, self._adapters)
+
+    def format(self, prompt) -> Any:
+        return self.format_many([prompt])[0]
+
+    def load_adapter(self, name: str, path) -> None:
+        self._adapters[name] = str(path)
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    def adapter_id(self, name: str | None) -> str:
+        key = (name, self._adapters.get(name or "", ""))
+        if key not in self._adapter_ids:
+            self._adapter_ids[key] = self._ask("adapter_id", name, self._adapters)
+        return self._adapter_ids[key]
+
+    def check_constraints(self, constraints: list) -> None:
+        self._ask("check_constraints", list(constraints))
+
     # ------------------------------------------------------------------------------ direct calls (no cache)
 
     def _direct(self, method: str, prompts: Sequence, per_row: dict[str, Any], **common: Any) -> list:
@@ -291,9 +305,49 @@ class RayBackend:
     def sequence_logprob(self, prompts, completions, adapter=None):
         return self._direct("sequence_logprob", prompts, {"adapter": adapter, "completions": completions})
 
-    def close(self) -> None:
-        ray = _ray()
-        for w in self.workers:
-            ray.kill(w, no_restart=True)
-        self.workers = []
 
+class EncoderWorker:
+    """One text-encoder replica (wrapped by ``ray.remote`` in :class:`RayEncoder`)."""
+
+    def __init__(self, name: str, device: str):
+        from ..knowledge.encoders import load_encoder
+
+        self.encoder = load_encoder(name, device)
+
+    def info(self) -> dict[str, Any]:
+        e = self.encoder
+        return {"name": e.name, "dim": e.dim, "max_length": e.max_length, "pid": os.getpid()}
+
+    def run(self, method: str, kwargs: dict[str, Any], adapters: dict[str, str]) -> tuple[int, Any]:
+        return os.getpid(), getattr(self.encoder, method)(**kwargs)
+
+
+class RayEncoder(_ActorPool):
+    """A :class:`~reasonrec.knowledge.encoders.TextEncoder` whose ``encode`` maps shards of ``shard_rows`` texts
+    over Ray actors (``load_encoder`` under ``engine: ray``). The vectors come back in order; a shard whose worker
+    died is redone alone, as for LLM calls. Nothing is kept per shard: an encode stage writes its own artifact at
+    the end, and encoding is minutes where generation is hours."""
+
+    shard_rows = 1024
+
+    def __init__(self, name: str, device: str, engine: EngineSection):
+        infos = self._start(EncoderWorker, (name, device), engine,
+                            {"num_cpus": float(engine.cpus_per_worker), "num_gpus": float(engine.gpus_per_worker or 0)})
+        self.name, self.dim, self.max_length = infos[0]["name"], infos[0]["dim"], infos[0]["max_length"]
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False):
+        import numpy as np
+
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        starts = list(range(0, len(texts), self.shard_rows))
+        parts: list[Any] = [None] * len(starts)
+        shards = [(f"encode-{c}", "encode", {"texts": texts[c:c + self.shard_rows], "batch_size": batch_size})
+                  for c in starts]
+
+        def keep(j: int, result: Any) -> None:
+            parts[j] = result
+
+        self.map_shards(shards, keep)
+        return np.concatenate(parts).astype(np.float32)
