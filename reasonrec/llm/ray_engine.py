@@ -32,6 +32,10 @@ actor schedules its shard with continuous batching. (``ray.data.llm``'s processo
 is built on the Ray Data pipeline argued against above, and its rows would not share our cache keys.) That path
 is written but not run here (no GPU): on CPU the tests check the actor's resource request.
 
+Encoders: under ``engine: ray`` :func:`reasonrec.knowledge.encoders.load_encoder` returns a :class:`RayEncoder`,
+whose ``encode`` maps shards of texts over encoder replicas the same way (no Parquet: the encode stage writes its
+own artifact when it completes).
+
 Adapters: ``load_adapter`` is recorded on the driver and sent with every shard; a worker loads what it lacks
 (after a restart too). Adapter paths must be readable from every node (a shared filesystem), as model paths are.
 """
