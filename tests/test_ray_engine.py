@@ -134,6 +134,14 @@ def test_engine_settings_from_the_command_line_and_gpu_workers(ml100k_dir):
         "num_cpus": 1.0, "num_gpus": 2.0}
     assert worker_resources("transformers", {}, EngineSection(kind="ray", cpus_per_worker=2)) == {
         "num_cpus": 2.0, "num_gpus": 0.0}
+    # workers: None → as many as the cluster holds (8 GPUs, 64 CPUs: 8 vLLM replicas of 1 GPU + 4 CPUs)
+    from reasonrec.llm.ray_engine import _ActorPool
+
+    pool = _ActorPool()
+    pool.resources = {"num_cpus": 4.0, "num_gpus": 1.0}
+    assert pool._fit({"CPU": 64.0, "GPU": 8.0}) == 8
+    pool.resources = {"num_cpus": 1.0, "num_gpus": 0.0}
+    assert pool._fit({"CPU": 2.0}) == 2
 
 
 @pytest.mark.slow  # two more worker start-ups (~20 s on 2 loaded cores)

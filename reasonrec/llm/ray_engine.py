@@ -137,8 +137,8 @@ class _ActorPool:
         return infos
 
     def _fit(self, resources: dict[str, float]) -> int:
-        fits = [int(resources.get(k.removeprefix("num_").upper(), 0) // v)
-                for k, v in self.resources.items() if v]
+        names = {"num_cpus": "CPU", "num_gpus": "GPU"}  # Ray's resource names
+        fits = [int(resources.get(names[k], 0) // v) for k, v in self.resources.items() if v]
         return min(fits) if fits else 1
 
     def map_shards(self, shards: Sequence[tuple[str, str, dict[str, Any]]],
