@@ -47,6 +47,10 @@ def run(
                                                      help="Folder with the raw dataset files.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the config: resolve every model, adapter, "
                                           "encoder, backbone and data file it names; run nothing.")] = False,
+    engine: Annotated[str | None, typer.Option(help="Where LLM calls run: local or ray (overrides engine.kind; "
+                                               "README, 'Running on a cluster').")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (implies --engine ray), e.g. "
+                                                "ray://head:10001 or head:6379.")] = None,
 ) -> None:
     """Run a whole experiment; completed stages are skipped, an interrupted one resumes. Every name the config
     gives is checked first (``--dry-run`` stops there)."""
@@ -54,12 +58,12 @@ def run(
 
     module, cfg = load_experiment(config)
     if dry_run:
-        resolve_paths(cfg, run_dir, data_dir)
+        resolve_paths(cfg, run_dir, data_dir, engine, address)
         check_experiment(module, cfg, str(config))
         typer.echo(f"{config}: ok — every model, encoder, backbone and data file it names resolves; "
                    f"run dir {cfg.run_dir}")
         return
-    run_loaded(module, cfg, run_dir=run_dir, data_dir=data_dir, source=str(config))
+    run_loaded(module, cfg, run_dir=run_dir, data_dir=data_dir, source=str(config), engine=engine, address=address)
     root = Path(cfg.run_dir).resolve()
     from ..eval.report import write_report
     from ..eval.results import ResultsError

@@ -132,8 +132,17 @@ def resolve_encoder(name: str) -> tuple[Path, Pooling | None]:
 
 
 def load_encoder(name: str = "minilm", device: str = "cpu") -> TextEncoder:
-    """Resolve an encoder name (see module docstring) to a loaded :class:`TextEncoder`."""
+    """Resolve an encoder name (see module docstring) to a loaded :class:`TextEncoder`; under ``engine: ray``
+    (:mod:`reasonrec.llm.engine`) to replicas on Ray workers (:class:`reasonrec.llm.ray_engine.RayEncoder`),
+    with the same ``encode``, ``dim`` and ``name``."""
+    from ..llm.engine import current_engine
+
     path, pooling = resolve_encoder(name)
+    engine = current_engine()
+    if engine.kind == "ray":
+        from ..llm.ray_engine import RayEncoder
+
+        return RayEncoder(name, device, engine)  # type: ignore[return-value]
     base, _, pool = name.partition(":")
     # the store keys vectors by this name: a local folder is named by its absolute path unless a pooling is given
     local = base not in ("minilm", *HUB_IDS) and Path(base).expanduser().is_dir()

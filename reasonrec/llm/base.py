@@ -221,7 +221,9 @@ def resolve_backend(name: str, backend: Backend = "auto") -> str:
 def load_llm(name: str = "smollm2-135m", backend: Backend = "auto", cache: str | Path | None = None,
              **options: Any) -> LLM:
     """Load a model by name and return an :class:`LLM`; with ``cache`` every call goes through the persistent
-    generation cache (:class:`reasonrec.llm.cache.CachedLLM`).
+    generation cache (:class:`reasonrec.llm.cache.CachedLLM`). Under ``engine: ray``
+    (:func:`reasonrec.llm.engine.use_engine`) the model is loaded on Ray workers instead
+    (:class:`reasonrec.llm.ray_engine.RayBackend`).
 
     ``options`` are validated against the chosen backend's options section (unknown keys are errors naming the
     closest valid key): :class:`~reasonrec.llm.hf.TransformersOptions`,
@@ -243,7 +245,16 @@ def load_llm(name: str = "smollm2-135m", backend: Backend = "auto", cache: str |
         from .vllm_backend import VLLMOptions as opts
     else:  # pragma: no cover - Literal guards this
         raise ConfigError(f"llm.backend: unknown backend {kind!r}")
-    llm: LLM = cls(name, validate(opts, options, source=f"llm.options ({kind} backend)"))
+    checked = validate(opts, options, source=f"llm.options ({kind} backend)")
+    from .engine import current_engine
+
+    engine = current_engine()
+    if engine.kind == "ray":  # one replica per Ray actor; the cache below shards every call over them
+        from .ray_engine import RayBackend
+
+        llm: LLM = RayBackend(name, kind, checked.model_dump(exclude_unset=True), engine)
+    else:
+        llm = cls(name, checked)
     if cache is not None:
         from .cache import CachedLLM
 

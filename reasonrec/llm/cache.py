@@ -11,6 +11,10 @@ as it returns. A backend that finishes rows of one call at different times can d
 done. Either way a ``kill -9`` loses at most the rows in flight. WAL mode lets another process read the cache
 while a run writes it.
 
+Under ``engine: ray`` (:mod:`reasonrec.llm.ray_engine`) the chunks are shards mapped over Ray workers at once;
+each finished shard is written as Parquet (:class:`ShardStore`, ``llm_shards/`` beside the cache file) and then
+committed here, under the same keys: both engines read and fill the same cache.
+
 Why our own (rather than e.g. ``diskcache`` or an HTTP-level cache): keys must be computed from the formatted
 prompt and the sample index, and commits must follow our batches; that is ~150 lines on the standard library.
 """
@@ -100,14 +104,60 @@ def rows_in_flight(inner) -> int:
     return 16 if opts is not None else 1
 
 
+class ShardStore:
+    """The finished shards of a Ray-engine run: one Parquet file per shard (``key, kind, model, value`` with the
+    value as JSON, one row per cache key), written atomically by the driver when the shard's worker returns it.
+    The file is named by its kind and the sha256 of its keys, so the same chunk of the same call has the same
+    name on a rerun. The run's SQLite cache is filled from each file right after it is written, and
+    :meth:`import_into` refills it from every file on start: a driver killed between the two loses nothing."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def name(self, kind: str, keys: Sequence[str]) -> str:
+        return f"{kind}-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:20]}"
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.parquet"
+
+    def write(self, name: str, rows: Sequence[tuple[str, str, str, Any]]) -> Path:
+        import pandas as pd
+
+        from ..io import write_parquet
+
+        df = pd.DataFrame([(k, kind, model, json.dumps(v)) for k, kind, model, v in rows],
+                          columns=["key", "kind", "model", "value"])
+        return write_parquet(self.path(name), df)
+
+    def read(self, path: Path) -> list[tuple[str, str, str, Any]]:
+        import pandas as pd
+
+        df = pd.read_parquet(path)
+        return [(k, kind, model, json.loads(v)) for k, kind, model, v in df.itertuples(index=False)]
+
+    def import_into(self, cache: GenerationCache) -> int:
+        """Commit every stored shard's rows that the cache lacks; returns how many rows that was."""
+        added = 0
+        for path in sorted(self.root.glob("*.parquet")) if self.root.is_dir() else []:
+            rows = self.read(path)
+            have = cache.get_many([r[0] for r in rows])
+            new = [r for r in rows if r[0] not in have]
+            cache.put_many(new)
+            added += len(new)
+        return added
+
+
 class CachedLLM:
     """Any :class:`~reasonrec.llm.base.LLM` behind the persistent cache, with a progress bar.
 
     ``chunk_size`` prompts are sent to the backend per call and committed together (default:
-    :func:`rows_in_flight`). ``progress`` shows items, tokens/s and cache hits.
+    :func:`rows_in_flight`). ``progress`` shows items, tokens/s and cache hits. A backend that maps shards over
+    workers (``map_shards``: the Ray engine) gets every chunk at once, and each finished chunk is kept as a
+    Parquet shard in ``shard_dir`` (default: ``llm_shards/`` beside the cache file) before it is committed.
     """
 
-    def __init__(self, inner, path: str | Path, chunk_size: int | None = None, progress: bool = True):
+    def __init__(self, inner, path: str | Path, chunk_size: int | None = None, progress: bool = True,
+                 shard_dir: str | Path | None = None):
         self.inner = inner
         self.cache = GenerationCache(path)
         self.chunk_size = chunk_size or rows_in_flight(inner)
@@ -115,26 +165,38 @@ class CachedLLM:
         self.model_id = inner.model_id
         self.supports = inner.supports
         self.stats = {"hits": 0, "misses": 0, "completion_tokens": 0}
+        self.shards = None
+        if hasattr(inner, "map_shards"):
+            self.shards = ShardStore(shard_dir or Path(path).parent / "llm_shards")
+            self.stats["imported"] = self.shards.import_into(self.cache)
 
     def __getattr__(self, name: str) -> Any:  # tokenizer, load_adapter, format... of the wrapped backend
         if name == "inner":  # not set yet: avoid infinite recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def _prompt_key(self, prompt: Prompt) -> Any:
+    def _prompt_keys(self, prompts: Sequence[Prompt]) -> list[Any]:
+        many = getattr(self.inner, "format_many", None)  # a remote backend formats a whole call in one round trip
+        if many is not None:
+            return many(list(prompts))
         fmt = getattr(self.inner, "format", None)
-        return fmt(prompt) if fmt is not None else as_messages(prompt)
+        return [fmt(p) if fmt is not None else as_messages(p) for p in prompts]
 
     def _adapter_key(self, adapter: str | None) -> str:
         fn = getattr(self.inner, "adapter_id", None)
         return fn(adapter) if fn is not None else (adapter or "")
 
-    def _run(self, kind: str, keys: list[list[str]], compute: Callable[..., list[list[Any]]],
-             desc: str, count_tokens: Callable[[list[Any]], int] = lambda v: 0) -> tuple[list[list[Any]], set[int]]:
-        """``keys[i]`` are the keys of item i's values; ``compute(indices, on_values)`` returns their values and
-        may hand each one to ``on_values(j, values)`` (j indexes ``indices``) as soon as it is done, which
-        commits it at once. Returns the values of every item and the indices computed now (the rest were cache
-        hits)."""
+    def _run(self, kind: str, keys: list[list[str]], request: Callable[[list[int]], tuple[str, dict]],
+             unpack: Callable[[Any], list[list[Any]]], desc: str,
+             count_tokens: Callable[[list[Any]], int] = lambda v: 0,
+             row_values: Callable[[Any], list[Any]] | None = None) -> tuple[list[list[Any]], set[int]]:
+        """``keys[i]`` are the keys of item i's values; ``request(indices)`` is the backend call answering those
+        items (method name and keyword arguments) and ``unpack`` turns its result into their values. A backend
+        declaring ``row_callback`` hands each finished row to ``on_row`` (converted by ``row_values``), which
+        commits it at once. A backend with ``map_shards`` (:class:`~reasonrec.llm.ray_engine.RayBackend`) is
+        given every chunk at once as a shard; each finished shard is written as Parquet
+        (:class:`ShardStore`), then committed here. Returns the values of every item and the indices computed now
+        (the rest were cache hits)."""
         flat = [k for ks in keys for k in ks]
         found = self.cache.get_many(flat)
         todo = [i for i, ks in enumerate(keys) if not all(k in found for k in ks)]
@@ -156,25 +218,43 @@ class CachedLLM:
                 found[k] = v
             return [(k, kind, self.model_id, v) for k, v in zip(keys[i], vals, strict=True)]
 
+        def finish(chunk: list[int], values: list[list[Any]], early: set[int]) -> list[tuple[str, str, str, Any]]:
+            nonlocal tokens
+            rows = []
+            for i, vals in zip(chunk, values, strict=True):
+                if i not in early:
+                    rows += rows_of(i, vals)
+                tokens += count_tokens(vals)
+            if bar is not None:
+                bar.update(len(chunk))
+                rate = tokens / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(tok_s=f"{rate:.1f}", cache_hits=hits)
+            return rows
+
+        chunks = [todo[c:c + self.chunk_size] for c in range(0, len(todo), self.chunk_size)]
         try:
-            for c in range(0, len(todo), self.chunk_size):
-                chunk, early = todo[c:c + self.chunk_size], set()
+            if self.shards is None:
+                for chunk in chunks:
+                    early: set[int] = set()
+                    method, kwargs = request(chunk)
+                    if row_values is not None and "row_callback" in self.supports:
+                        def on_row(j: int, result: Any, chunk=chunk, early=early) -> None:
+                            self.cache.put_many(rows_of(chunk[j], row_values(result)))  # commit a finished row now
+                            early.add(chunk[j])
 
-                def on_values(j: int, vals: list[Any], chunk=chunk, early=early) -> None:
-                    self.cache.put_many(rows_of(chunk[j], vals))  # a row the backend finished: commit it now
-                    early.add(chunk[j])
+                        kwargs["on_row"] = on_row
+                    values = unpack(getattr(self.inner, method)(**kwargs))
+                    self.cache.put_many(finish(chunk, values, early))  # the rest of the chunk in one transaction
+            else:
+                jobs = [(self.shards.name(kind, [k for i in chunk for k in keys[i]]), chunk) for chunk in chunks]
 
-                values = compute(chunk, on_values)
-                rows = []
-                for i, vals in zip(chunk, values, strict=True):
-                    if i not in early:
-                        rows += rows_of(i, vals)
-                    tokens += count_tokens(vals)
-                self.cache.put_many(rows)  # the rest of the chunk in one transaction
-                if bar is not None:
-                    bar.update(len(chunk))
-                    rate = tokens / max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(tok_s=f"{rate:.1f}", cache_hits=hits)
+                def on_shard(j: int, result: Any) -> None:
+                    name, chunk = jobs[j]
+                    rows = finish(chunk, unpack(result), set())
+                    self.shards.write(name, rows)  # the shard's Parquet first, then the cache is filled from it
+                    self.cache.put_many(rows)
+
+                self.inner.map_shards([(name, *request(chunk)) for name, chunk in jobs], on_shard)
         finally:
             if bar is not None:
                 bar.close()
@@ -192,9 +272,9 @@ class CachedLLM:
         params = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                   "stop": list(stop or []), "seed": seed, "n": n}
         keys = []
-        for p, a, c in zip(prompts, adapters, constraints, strict=True):
+        for p, a, c in zip(self._prompt_keys(prompts), adapters, constraints, strict=True):
             base = {"kind": "generate", "model": self.model_id, "adapter": self._adapter_key(a),
-                    "prompt": self._prompt_key(p), "params": params}
+                    "prompt": p, "params": params}
             if c is not None:  # only constrained calls carry the field, so existing caches keep their keys
                 base["constraint"] = constraint_key(c)
             keys.append([make_key(**base, sample=s) for s in range(n)])
@@ -202,18 +282,16 @@ class CachedLLM:
         def values_of(g: Generation) -> list[Any]:
             return [[t, g.prompt_tokens, c] for t, c in zip(g.texts, g.completion_tokens, strict=True)]
 
-        def compute(idx: list[int], on_values) -> list[list[Any]]:
-            extra: dict[str, Any] = {}
+        def request(idx: list[int]) -> tuple[str, dict]:
+            kwargs: dict[str, Any] = dict(prompts=[prompts[i] for i in idx], n=n, temperature=temperature, top_p=top_p,
+                                          max_new_tokens=max_new_tokens, stop=stop, seed=seed,
+                                          adapter=[adapters[i] for i in idx])
             if any(constraints[i] for i in idx):
-                extra["constraint"] = [constraints[i] for i in idx]
-            if "row_callback" in self.supports:  # the backend reports each row as it finishes
-                extra["on_row"] = lambda j, g: on_values(j, values_of(g))
-            gens = self.inner.generate([prompts[i] for i in idx], n=n, temperature=temperature, top_p=top_p,
-                                       max_new_tokens=max_new_tokens, stop=stop, seed=seed,
-                                       adapter=[adapters[i] for i in idx], **extra)
-            return [values_of(g) for g in gens]
+                kwargs["constraint"] = [constraints[i] for i in idx]
+            return "generate", kwargs
 
-        values, computed = self._run("generate", keys, compute, "generate", lambda vals: sum(v[2] for v in vals))
+        values, computed = self._run("generate", keys, request, lambda gens: [values_of(g) for g in gens], "generate",
+                                     lambda vals: sum(v[2] for v in vals), row_values=values_of)
         return [Generation(texts=[v[0] for v in vals], prompt_tokens=vals[0][1],
                            completion_tokens=[v[2] for v in vals], cached=0 if i in computed else n)
                 for i, vals in enumerate(values)]
@@ -222,27 +300,29 @@ class CachedLLM:
                      adapter: AdapterArg = None) -> np.ndarray:
         adapters = per_prompt_adapters(adapter, len(prompts))
         keys = [[make_key(kind="choice_probs", model=self.model_id, adapter=self._adapter_key(a),
-                          prompt=self._prompt_key(p), choices=list(choices))]
-                for p, a in zip(prompts, adapters, strict=True)]
+                          prompt=p, choices=list(choices))]
+                for p, a in zip(self._prompt_keys(prompts), adapters, strict=True)]
 
-        def compute(idx: list[int], on_values) -> list[list[Any]]:
-            probs = self.inner.choice_probs([prompts[i] for i in idx], choices, adapter=[adapters[i] for i in idx])
-            return [[row.tolist()] for row in probs]
+        def request(idx: list[int]) -> tuple[str, dict]:
+            return "choice_probs", dict(prompts=[prompts[i] for i in idx], choices=choices,
+                                        adapter=[adapters[i] for i in idx])
 
-        values, _ = self._run("choice_probs", keys, compute, "choice_probs")
+        values, _ = self._run("choice_probs", keys, request, lambda probs: [[row.tolist()] for row in probs],
+                              "choice_probs")
         return np.array([v[0] for v in values], dtype=np.float64).reshape(len(prompts), len(choices))
 
     def sequence_logprob(self, prompts: Sequence[Prompt], completions: Sequence[str],
                          adapter: AdapterArg = None) -> list[SequenceLogprob]:
         adapters = per_prompt_adapters(adapter, len(prompts))
         keys = [[make_key(kind="sequence_logprob", model=self.model_id, adapter=self._adapter_key(a),
-                          prompt=self._prompt_key(p), completion=c)]
-                for p, c, a in zip(prompts, completions, adapters, strict=True)]
+                          prompt=p, completion=c)]
+                for p, c, a in zip(self._prompt_keys(prompts), completions, adapters, strict=True)]
 
-        def compute(idx: list[int], on_values) -> list[list[Any]]:
-            res = self.inner.sequence_logprob([prompts[i] for i in idx], [completions[i] for i in idx],
-                                              adapter=[adapters[i] for i in idx])
-            return [[[r.total, r.token_logps, r.tokens]] for r in res]
+        def request(idx: list[int]) -> tuple[str, dict]:
+            return "sequence_logprob", dict(prompts=[prompts[i] for i in idx],
+                                            completions=[completions[i] for i in idx],
+                                            adapter=[adapters[i] for i in idx])
 
-        values, _ = self._run("sequence_logprob", keys, compute, "sequence_logprob")
+        values, _ = self._run("sequence_logprob", keys, request,
+                              lambda res: [[[r.total, r.token_logps, r.tokens]] for r in res], "sequence_logprob")
         return [SequenceLogprob(total=v[0][0], token_logps=v[0][1], tokens=v[0][2]) for v in values]

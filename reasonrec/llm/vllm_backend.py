@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from ..config import Section
 from ..errors import BackendError
@@ -82,6 +83,9 @@ class VLLMOptions(Section):
         adapters: LoRA adapters ``{name: folder}``; enables vLLM's LoRA support.
         max_lora_rank: largest adapter rank to reserve room for; default 64.
         system_prompt: system message prepended to prompts that have none.
+        tensor_parallel_size: GPUs one engine spans (under ``engine: ray`` each replica reserves as many).
+        batch_size: prompts the cache sends per call (one shard under ``engine: ray``); vLLM schedules them by
+            continuous batching, so on a GPU a few hundred keeps it busy. Default 16.
     """
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -90,6 +94,8 @@ class VLLMOptions(Section):
     adapters: dict[str, Path] = {}
     max_lora_rank: int = 64
     system_prompt: str | None = None
+    tensor_parallel_size: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
 
 
 class VLLMBackend:
@@ -110,6 +116,8 @@ class VLLMBackend:
                   "gpu_memory_utilization": self.options.gpu_memory_utilization}
         if self.options.max_model_len:
             kwargs["max_model_len"] = self.options.max_model_len
+        if self.options.tensor_parallel_size > 1:
+            kwargs["tensor_parallel_size"] = self.options.tensor_parallel_size
         if self.options.adapters:
             kwargs.update(enable_lora=True, max_lora_rank=self.options.max_lora_rank,
                           max_loras=len(self.options.adapters))

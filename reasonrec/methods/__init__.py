@@ -61,14 +61,24 @@ def load_experiment(path: str | Path):
     return module, validate(module.Config, raw, str(path))
 
 
-def run_experiment(path: str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None) -> dict:
+def run_experiment(path: str | Path, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
+                   engine: str | None = None, address: str | None = None) -> dict:
     """Validate the experiment at ``path`` and run it; returns the method's results dict."""
     module, cfg = load_experiment(path)
-    return run_loaded(module, cfg, run_dir, data_dir, source=str(path))
+    return run_loaded(module, cfg, run_dir, data_dir, source=str(path), engine=engine, address=address)
 
 
-def resolve_paths(cfg, run_dir: str | Path | None = None, data_dir: str | Path | None = None) -> None:
-    """Apply ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) over the config's own."""
+def resolve_paths(cfg, run_dir: str | Path | None = None, data_dir: str | Path | None = None,
+                  engine: str | None = None, address: str | None = None) -> None:
+    """Apply ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) and ``--engine`` / ``--address`` over the
+    config's own."""
+    if engine is not None or address is not None:
+        if not hasattr(cfg, "engine"):
+            raise ConfigError(f"method {cfg.method!r} has no engine setting")
+        update = {"kind": engine or ("ray" if address else cfg.engine.kind)}
+        if address is not None:
+            update["address"] = address
+        cfg.engine = type(cfg.engine).model_validate({**cfg.engine.model_dump(), **update})  # validated
     if run_dir is not None:
         cfg.run_dir = Path(run_dir)
     if data_dir is not None:
@@ -82,6 +92,12 @@ def check_experiment(module: ModuleType, cfg, source: str = "<config>") -> None:
     from ..checks import Checker
 
     checker = Checker(source)
+    engine = getattr(cfg, "engine", None)
+    if engine is not None and engine.kind == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            checker.problem("engine.kind", "engine 'ray' needs Ray: pip install 'reasonrec[ray]'")
     check = getattr(module, "check", None)
     if check is not None:
         check(cfg, checker)
@@ -89,17 +105,23 @@ def check_experiment(module: ModuleType, cfg, source: str = "<config>") -> None:
 
 
 def run_loaded(module: ModuleType, cfg, run_dir: str | Path | None = None,
-               data_dir: str | Path | None = None, source: str = "<config>") -> dict:
-    """Check and run a validated experiment; ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) override the
-    config's. The run holds the run directory's lock from before ``config.yaml`` is written to the end."""
-    resolve_paths(cfg, run_dir, data_dir)
+               data_dir: str | Path | None = None, source: str = "<config>", engine: str | None = None,
+               address: str | None = None) -> dict:
+    """Check and run a validated experiment; ``run_dir`` / ``data_dir`` (or ``REASONREC_DATA_DIR``) and
+    ``engine`` / ``address`` override the config's. The run holds the run directory's lock from before
+    ``config.yaml`` is written to the end; its LLM calls run on the config's engine (:mod:`reasonrec.llm.engine`)."""
+    resolve_paths(cfg, run_dir, data_dir, engine, address)
     check_experiment(module, cfg, source)
+    from ..llm.engine import use_engine
     from ..progress import set_stage
 
     run = RunDir(cfg.run_dir)
+    engine = getattr(cfg, "engine", None)
     try:
-        with run.lock():
+        with run.lock(), use_engine(engine):
             run.write_config(cfg)
+            if engine is not None and engine.kind != "local":
+                run.log(f"engine: {engine.kind} (address {engine.address or 'local cluster / RAY_ADDRESS'})")
             try:
                 return module.run(cfg, run)
             finally:

@@ -78,6 +78,7 @@ from .. import io
 from ..config import DataSection, Section
 from ..eval import results as R
 from ..llm.base import LLMSection
+from ..llm.engine import EngineSection
 from ..progress import step as progress_step
 from ..runs import RunDir, config_fields
 from . import r4ec_steps as steps
@@ -242,6 +243,7 @@ class Config(Section):
 
     method: Literal["r4ec"] = "r4ec"
     run_dir: Path
+    engine: EngineSection = Field(default_factory=EngineSection)  # where LLM calls run (llm/engine.py)
     data: DataSection = Field(default_factory=lambda: DataSection(protocol="kar"))
     subset: SubsetSection = Field(default_factory=SubsetSection)
     teacher: LLMSection = Field(default_factory=LLMSection)

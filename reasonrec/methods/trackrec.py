@@ -38,6 +38,7 @@ from ..errors import DataError
 from ..eval import metrics
 from ..eval import results as R
 from ..llm.base import LLMSection
+from ..llm.engine import EngineSection
 from ..llm.prompts import sample_fields
 from ..runs import RunDir, package_versions
 from . import trackrec_steps as steps
@@ -145,6 +146,7 @@ class Config(Section):
 
     method: Literal["trackrec"] = "trackrec"
     run_dir: Path
+    engine: EngineSection = Field(default_factory=EngineSection)  # where LLM calls run (llm/engine.py)
     data: DataSection = Field(default_factory=lambda: DataSection(protocol="collm"))
     subset: SubsetSection = Field(default_factory=SubsetSection)
     model: ModelSection = Field(default_factory=ModelSection)

@@ -253,17 +253,29 @@ def run_training(trainer, cfg, *, tokenizer=None, save_fn=None) -> TrainResult:
     result = TrainResult(out, out / "adapter", list(state.log_history), seconds=time.time() - t0)
     if state.max_steps and state.global_step < state.max_steps:  # stopped early (e.g. a stop callback)
         return result
+    # Under `accelerate launch` (DDP/FSDP: README, "Running on a cluster") every process trains; one writes.
+    # FSDP shards the weights, so every rank takes part in gathering them; only the main rank writes files.
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.wait_for_everyone()
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    else:
+        state_dict = None
+    if not trainer.is_world_process_zero():
+        trainer.accelerator.wait_for_everyone()
+        return result
     with io.atomic_dir(out / "adapter") as tmp:
         if save_fn is not None:
             save_fn(tmp)
         else:
-            trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+            trainer.model.save_pretrained(tmp, selected_adapters=["default"], state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     io.write_json(out / "train_log.json", {
         "config": cfg.model_dump(mode="json"), "global_step": state.global_step,
         "seconds": round(result.seconds, 3), "log_history": result.log_history,
+        "world_size": trainer.args.world_size,
     })
+    trainer.accelerator.wait_for_everyone()
     return result
 
 

@@ -14,6 +14,8 @@ refused by :func:`supports_lean` so callers keep the plain path for them.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -27,7 +29,13 @@ def _causal_lm(model):
 
 
 def supports_lean(model) -> bool:
-    """Whether the model's logits are exactly ``lm_head(decoder(x))``, so the lean path gives the same loss."""
+    """Whether the model's logits are exactly ``lm_head(decoder(x))``, so the lean path gives the same loss.
+
+    Not under several processes (``accelerate launch``, ``WORLD_SIZE`` > 1): the lean path runs the decoder of the
+    unwrapped model, and a forward that bypasses the DDP / FSDP wrapper skips its gradient synchronisation (and
+    FSDP's parameter gathering), so every process would train its own copy. Multi-GPU runs use the library loss."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False
     lm = _causal_lm(model)
     cfg = lm.config
     post = getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) not in (None, 1, 1.0)
