@@ -31,10 +31,17 @@ def _trackrec() -> ModuleType:
     return trackrec
 
 
+def _thinkrec() -> ModuleType:
+    from . import thinkrec
+
+    return thinkrec
+
+
 # name → loader; modules import torch and friends, so they load only when chosen.
 METHODS = {
     "r4ec": _r4ec,
     "trackrec": _trackrec,
+    "thinkrec": _thinkrec,
 }
 
 
