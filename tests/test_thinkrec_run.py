@@ -9,11 +9,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from _kill import kill_in_stage
 
 from reasonrec.eval.results import read_results
 from reasonrec.llm import cache
@@ -48,27 +45,6 @@ def _config(tmp_path: Path, **overrides) -> tuple[Path, Path]:
     return path, run
 
 
-def _kill_in_reasons(config: Path, run: Path, data_dir: Path) -> int:
-    code = "import sys; from reasonrec.methods import run_experiment; run_experiment(sys.argv[1])"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "REASONREC_DATA_DIR": str(data_dir)})
-    deadline, committed = time.time() + 900, 0
-    try:
-        while proc.poll() is None and time.time() < deadline:
-            log = run / "log.txt"
-            if log.exists() and "stage reasons: running" in log.read_text():
-                committed = _rows(run / "llm_cache.sqlite")
-                if committed:     # some teacher rows are in, the stage is not done
-                    break
-            time.sleep(0.02)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert committed, f"the run ended (exit {proc.returncode}) before the teacher committed a reason"
-    assert not (run / "reasons" / "_SUCCESS.json").exists()
-    return committed
-
-
 def _lora_b(folder: Path) -> dict:
     t = adapter_weights(folder)
     assert any(float(v.abs().sum()) > 0 for k, v in t.items() if "lora_B" in k), folder   # B starts at 0
@@ -78,7 +54,7 @@ def _lora_b(folder: Path) -> dict:
 def test_killed_during_reason_synthesis_resumes_and_every_stage_runs(tmp_path, ml100k_dir, monkeypatch):
     teacher = {"name": "tiny-random", "options": {"batch_size": 1}}   # one commit per prompt: kill between them
     path, run = _config(tmp_path, teacher=teacher, ablations=["no_experts"], baselines=["collm", "mf"])
-    _kill_in_reasons(path, run, ml100k_dir)
+    kill_in_stage(path, run, ml100k_dir, "reasons", lambda: _rows(run / "llm_cache.sqlite"))
     with sqlite3.connect(run / "llm_cache.sqlite", timeout=30) as conn:
         before = {k for (k,) in conn.execute("SELECT key FROM entries")}
 

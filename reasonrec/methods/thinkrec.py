@@ -355,8 +355,9 @@ def stage_data(ctx: Ctx, think: bool, reasons: pd.DataFrame, emb: dict) -> Path:
                  "soft_prompt": steps.rec_prompt(ctx.domain, fields[j], True, ph), "soft_emb": soft[j]}
                 for j in range(len(df))]
         if think:
-            keep = reasons["gave_up"] == False if not ctx.cfg.reasons.keep_gave_up else True  # noqa: E712
-            ok = reasons[(reasons["split"] == "train") & keep & (reasons["reason"].str.len() > 0)]
+            ok = reasons[(reasons["split"] == "train") & (reasons["reason"].str.len() > 0)]
+            if not ctx.cfg.reasons.keep_gave_up:
+                ok = ok[~ok["gave_up"].astype(bool)]
             for j, reason in zip(ok["row"], ok["reason"], strict=True):
                 rows.append({"user_id": int(df["user_id"].iloc[j]), "label": int(labels[j]), "kind": "reason",
                              "answer": steps.answer_text(labels[j], reason),
@@ -415,9 +416,9 @@ def stage_projector(ctx: Ctx, think: bool, data: Path, lora: Path) -> Path:
 
 
 def load_projector(folder: Path):
-    from ..train.yesno import PROJECTOR_FILE, make_projector
-
     import torch
+
+    from ..train.yesno import PROJECTOR_FILE, make_projector
 
     meta = json.loads((folder / "soft_projector.json").read_text())
     proj = make_projector(meta["in_dim"], meta["hidden_size"], meta["hidden_mult"])
