@@ -208,6 +208,12 @@ class TransformersLLM:
         # peft routes each row to its adapter; "__base__" rows bypass every LoRA layer.
         return {"adapter_names": [BASE if a is None else a for a in adapters]}
 
+    def with_soft_tokens(self, projector, placeholder: str | None = None):
+        """This model with ``projector(vectors)`` injected at placeholder tokens (:mod:`reasonrec.llm.soft_tokens`)."""
+        from .soft_tokens import SoftTokenLLM
+
+        return SoftTokenLLM(self, projector, placeholder)
+
     # ------------------------------------------------------------------------------------------ formatting
 
     def format(self, prompt: Prompt) -> str:

@@ -37,11 +37,18 @@ def _starec() -> ModuleType:
     return starec
 
 
+def _thinkrec() -> ModuleType:
+    from . import thinkrec
+
+    return thinkrec
+
+
 # name → loader; modules import torch and friends, so they load only when chosen.
 METHODS = {
     "r4ec": _r4ec,
     "trackrec": _trackrec,
     "starec": _starec,
+    "thinkrec": _thinkrec,
 }
 
 

@@ -168,7 +168,7 @@ def expert_mixture(model, names: Sequence[str], row_weights: torch.Tensor) -> It
             a, b = module.lora_A[name], module.lora_B[name]
             delta = b(a(x.to(a.weight.dtype))) * module.scaling[name]              # (B, T, out)
             extra = extra + w[:, i].to(delta.dtype).view(-1, *([1] * (delta.dim() - 1))) * delta
-        return output + extra
+        return output + extra.to(output.dtype) if torch.is_tensor(extra) else output  # fp32 LoRA on a bf16 base
 
     try:
         for layer in _lora_layers(model):
