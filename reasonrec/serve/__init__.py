@@ -3,8 +3,9 @@
 Endpoints:
 
 * ``GET /healthz`` → ``{"status": "ok"}``;
-* ``GET /v1/model`` → the run's method, dataset, protocol, split checksum, reference and its ``all``-subgroup
-  metric rows (value and interval per model × variant × metric);
+* ``GET /v1/model`` → the run's method, dataset, protocol, split checksum, reference, its ``all``-subgroup
+  metric rows (value and interval per model × variant × metric) and the batcher's settings and counts
+  (``batching``: batches run and requests they held; ``null`` with ``--max-batch 1``);
 * ``GET /v1/users/{user_id}/explanation`` → the texts the run generated for that user, one per text column of
   the first per-user table (one with a ``user_column``) the method names through the report hook
   (``report_texts``, :mod:`reasonrec.eval.report`; R4ec: ``infer/user.parquet``, its ``kar``, ``r2ec`` and
@@ -235,7 +236,9 @@ def create_app(run_dir: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: flo
                 for r in res.rows if r.subgroup == "all"]
         return {"method": res.method, "run": str(root), "dataset": res.dataset, "protocol": res.protocol,
                 "split_checksum": res.split_checksum, "reference": res.reference, "metrics": rows,
-                "explanations": source}
+                "explanations": source, "batching": None if batcher is None else {
+                    "max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
+                    "batches": batcher.batches, "requests": batcher.requests}}
 
     @app.get("/v1/users/{user_id}/explanation", response_model=Explanation)
     def explanation(user_id: int) -> Explanation:

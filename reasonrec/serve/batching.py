@@ -15,6 +15,7 @@ client) with nothing to start or stop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,7 +38,8 @@ class MicroBatcher:
         self._open: _Batch | None = None
         self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # one lock per event loop
         self._tasks: set[asyncio.Task] = set()  # flushes in flight (a task nobody references can be collected)
-        self.sizes: list[int] = []  # size of every batch run, for the benchmark and the tests
+        self.batches = self.requests = 0  # calls made and requests they held (/v1/model)
+        self.sizes: collections.deque[int] = collections.deque(maxlen=10_000)  # the latest batches' sizes
 
     async def submit(self, request: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -66,6 +68,7 @@ class MicroBatcher:
             if not items:
                 return
             self.sizes.append(len(items))
+            self.batches, self.requests = self.batches + 1, self.requests + len(items)
             try:
                 results = await asyncio.to_thread(self.fn, [r for r, _ in items])
             except Exception as err:  # noqa: BLE001 — handed to every waiting request, raised there
