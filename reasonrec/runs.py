@@ -75,6 +75,7 @@ class Stage:
     name: str
     _started: float = field(default_factory=time.time)
     depends: dict[str, Any] | None = None  # None: a look-up by a later stage, no fingerprint check
+    on_complete: Any = None  # RunDir's hook: the label goes back to the stage this one ran inside
 
     @property
     def marker(self) -> Path:
@@ -115,6 +116,8 @@ class Stage:
         extra = {} if self.depends is None else {"fingerprint": self.fingerprint, "depends": self.depends}
         io.write_json(self.marker, {"stage": self.name, "artifacts": sizes, "sha256": digests,
                                     "seconds": round(time.time() - self._started, 3), **extra, **info})
+        if self.on_complete is not None:
+            self.on_complete(self.name)
 
     def info(self) -> dict[str, Any]:
         return json.loads(self.marker.read_text()) if self.marker.exists() else {}
@@ -188,6 +191,7 @@ class RunDir:
         self.stage_weights: dict[str, float] = {}
         self._t0 = time.time()  # the whole-run ETA extrapolates from the stages this process has run
         self._ran: list[str] = []
+        self._running: list[str] = []  # announced, not complete: a stage can run inside another (TrackRec)
         self._announced: set[str] = set()
         self._current = ""  # the stage now running: the one a warning belongs to
         self._lock_fd: int | None = None
@@ -265,10 +269,20 @@ class RunDir:
                 progress.set_stage(self.stage_label(name) + (f" · {eta}" if eta else ""))
                 self.clear_warnings(name)  # this attempt says them again, if they still hold
                 self._ran.append(name)
+                self._running.append(name)
+                st.on_complete = self._completed
             count = f" [{self.stages.index(name) + 1}/{len(self.stages)}]" if name in self.stages else ""
             self.log(f"stage {name}: " + ("complete, skipped" if st.done else "running") + count
                      + (f" · {eta}" if eta else ""))
         return st
+
+    def _completed(self, name: str) -> None:
+        """A stage finished: the bars (and warnings) of the work that follows belong to the stage it ran inside."""
+        if name in self._running:
+            self._running.remove(name)
+        if self._running and self._current == name:
+            self._current = self._running[-1]
+            progress.set_stage(self.stage_label(self._current))
 
     def stage_label(self, name: str) -> str:
         """``"stage 3/6 infer"`` when the run declared its stages, else ``"stage infer"``."""

@@ -65,8 +65,12 @@ def test_stage_labels_carry_a_whole_run_eta_from_the_stages_this_process_ran(tmp
     assert progress.describe() == "stage 2/3 b"
     clock[0] += 40
     st.complete([])
-    resumed.stage("c", depends={"x": 1})  # 40 s for b's 2 units → 20 s a unit × c's 3
+    outer = resumed.stage("c", depends={"x": 1})  # 40 s for b's 2 units → 20 s a unit × c's 3
     assert progress.describe() == "stage 3/3 c · run 0:40 elapsed, ≈ 1:00 left"
+    # a stage run inside another: once it completes, the bars are the outer stage's again
+    resumed.stage("inner", depends={"x": 1}).complete([])
+    assert progress.describe() == "stage 3/3 c"
+    outer.complete([])
 
 
 def test_trackrec_plans_the_stages_its_run_announces():
