@@ -13,7 +13,10 @@ What a report reads from a run directory (every part is optional except ``result
   stage's ``_SUCCESS.json`` ``report_texts`` (paths relative to that stage's folder). An entry is a path to a
   Parquet file, or ``{"path", "id_column", "user_column", "columns", "caption"}``; when the table has a user
   column and the run saved per-sample predictions, each text is shown next to that user's test labels and mean
-  score per variant. A sample of :data:`TEXT_ROWS` rows is shown, long texts cut at :data:`TEXT_CHARS`.
+  score per variant. A sample of :data:`TEXT_ROWS` rows is shown, long texts cut at :data:`TEXT_CHARS`;
+* curves. HOOK: ``results.json`` ``details.report_curves``, a list of ``{"title", "x", "y", "series": {name:
+  [[x, y] or [x, y, lo, hi], ...]}}`` (TrackRec: V's and DIN's AUC and the CoT length per round, one line per
+  arm): one line plot each (:func:`plot_curve`), intervals as error bars.
 
 ``compare`` (:func:`compare_runs`) refuses runs whose dataset, protocol or split checksum differ, naming the runs;
 it ranks every (run, model, variant) on the metrics all runs share, and where two runs saved predictions on the
@@ -223,6 +226,37 @@ def plot_counts(counts: dict[str, Any], title: str) -> str | None:
     return _svg(fig)
 
 
+def plot_curve(spec: dict[str, Any]) -> str | None:
+    """One line per series of ``spec`` (the ``details.report_curves`` hook): ``{"title", "x", "y", "series":
+    {name: [[x, y] or [x, y, lo, hi], ...]}}``; an interval, when given, is drawn as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: [p for p in v if p[1] is not None] for k, v in (spec.get("series") or {}).items()}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for k, (name, pts) in enumerate(series.items()):
+        x = np.array([p[0] for p in pts], dtype=float) + 0.04 * (k - (len(series) - 1) / 2)  # side by side
+        y = np.array([p[1] for p in pts], dtype=float)
+        line = ax.plot(x, y, marker="o", label=name)[0]
+        if all(len(p) >= 4 and p[2] is not None and p[3] is not None for p in pts):
+            lo, hi = np.array([p[2] for p in pts], float), np.array([p[3] for p in pts], float)
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor=line.get_color(), capsize=3, lw=0.8)
+    ax.set_xlabel(spec.get("x", ""))
+    ax.set_ylabel(spec.get("y", ""))
+    ax.set_title(spec.get("title", ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    xs = sorted({p[0] for pts in series.values() for p in pts})
+    if all(float(v).is_integer() for v in xs):
+        ax.set_xticks(xs)
+    return _svg(fig)
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -339,6 +373,10 @@ def _run_section(view: RunView) -> tuple[str, str]:
         svg = plot_variants(res, metric)
         if svg:
             h.append(f'<div class="plot" data-plot="variants-{_esc(metric)}">{svg}</div>')
+    for k, spec in enumerate(res.details.get("report_curves", []) or []):
+        svg = plot_curve(spec)
+        if svg:
+            h.append(f'<div class="plot" data-plot="curve-{k}">{svg}</div>')
     timings = [[k, v] for k, v in view.stage_seconds.items()]
     if timings:
         h.append("<h3>Stage timings (s)</h3>" + _html_table(["stage", "seconds"], timings))
@@ -577,4 +615,4 @@ def _paired_deltas(loaded, names, table: pd.DataFrame, metrics: list[str], n_boo
     return f"{top['run']}/{top['model']}/{top['variant']}"
 
 
-__all__ = ["Leaderboard", "RunView", "compare_runs", "load_run", "plot_variants", "render_report", "write_report"]
+__all__ = ["Leaderboard", "RunView", "compare_runs", "load_run", "plot_curve", "plot_variants", "render_report", "write_report"]

@@ -492,6 +492,20 @@ def evaluated_splits(cfg: Config, run_dir: RunDir):
     return ctx.splits, ctx.tables
 
 
+def _round_curves(arms: dict[str, list[dict]]) -> list[dict]:
+    """The report's round curves (Fig. 5's view): V's AUC with its interval, each backbone's AUC, the CoT length."""
+    curves = [{"title": "V as a recommender: test AUC per round (95% user-bootstrap interval)", "x": "round",
+               "y": "AUC", "series": {arm: [[r["round"], r["v_auc"], *(r.get("v_auc_ci") or [None, None])]
+                                            for r in rows] for arm, rows in arms.items()}}]
+    for b in dict.fromkeys(k for rows in arms.values() for r in rows for k in r["ctr"]):
+        curves.append({"title": f"{b} with the CoT field: test AUC per round", "x": "round", "y": "AUC",
+                       "series": {arm: [[r["round"], r["ctr"][b]["auc"]] for r in rows if b in r["ctr"]]
+                                  for arm, rows in arms.items()}})
+    curves.append({"title": "mean greedy CoT length per round (Tab. 5a)", "x": "round", "y": "tokens",
+                   "series": {arm: [[r["round"], r["cot_tokens"]] for r in rows] for arm, rows in arms.items()}})
+    return curves
+
+
 def run(cfg: Config, run_dir: RunDir) -> dict:
     run_dir.stages = planned_stages(cfg)
     run_dir.stage_weights = {n: STAGE_KIND_WEIGHTS.get("feedback" if n.endswith("/feedback") else n.split("/")[0], 1.0)
@@ -523,7 +537,14 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(frames, ignore_index=True))
     data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test),
             "test_users": int(ctx.splits.test["user_id"].nunique())}
-    summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines}
+    summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines,
+               "report_curves": _round_curves(arms),
+               # round 0's and the last round's greedy CoTs of the full method, next to their user's test samples
+               "report_texts": [{"path": f"cots/{g}/cots.parquet", "id_column": "sample", "columns": ["cot"],
+                                 "caption": f"{name} greedy CoTs (G = {g})"}
+                                for name, g in (("round 0", arms["trackrec"][0]["G"]),
+                                                (f"round {arms['trackrec'][-1]['round']}", arms["trackrec"][-1]["G"]))
+                                if g != "base"]}
     splits = ctx.splits
     res = R.build_results(
         pd.read_parquet(run_dir.root / "predictions.parquet"), cfg.results, method="trackrec",
