@@ -33,8 +33,9 @@ from .eval import results as R
 
 
 class BenchConfig(Section):
-    """Fields: run_root (baseline runs, leaderboards); methods: method config paths (relative to the bench
-    file's folder's parent or absolute); baselines: classic baselines (:data:`~reasonrec.rec.baselines.BASELINES`);
+    """Fields: run_root (baseline runs, leaderboards); methods: method config paths (as written from the
+    repository root, i.e. relative to the working directory, or absolute); baselines: classic baselines
+    (:data:`~reasonrec.rec.baselines.BASELINES`);
     baseline_seeds; baseline_epochs (maximum: early stopping on the method's validation rows when it has them);
     results: how the baselines' rows are summarised (the intervals compare uses)."""
 

@@ -368,6 +368,8 @@ def _run_section(view: RunView) -> tuple[str, str]:
         h.append(f'<p class="warn">warning: {_esc(note)}</p>')
         md.insert(-1, f"> warning: {note}\n")
     for metric in _metrics(res):
+        if all(r.value is None for r in res.rows if r.metric == metric and r.subgroup == "all"):
+            continue  # undefined on every variant: the warning above says so, a table of dashes says nothing
         header, rows = _results_rows(res, metric)
         h.append(f"<h4>{_esc(metric)}</h4>" + _html_table(header, rows))
         svg = plot_variants(res, metric)
