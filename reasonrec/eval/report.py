@@ -69,10 +69,12 @@ class RunView:
 
 
 def _markers(root: Path) -> dict[str, dict[str, Any]]:
+    """Every stage's marker, nested stages too (TrackRec's ``cots/<G>``), named by their path in the run, in the
+    order they completed."""
     out = {}
-    for marker in sorted(root.glob("*/_SUCCESS.json")):
+    for marker in sorted(root.rglob("_SUCCESS.json"), key=lambda p: (p.stat().st_mtime, str(p))):
         try:
-            out[marker.parent.name] = json.loads(marker.read_text())
+            out[marker.parent.relative_to(root).as_posix()] = json.loads(marker.read_text())
         except json.JSONDecodeError:  # a marker is written atomically; a broken one is not ours to judge here
             continue
     return out
@@ -186,7 +188,8 @@ def plot_variants(res: Results, metric: str, subgroup: str = "all") -> str | Non
     if not rows:
         return None
     models = list(dict.fromkeys(r.model for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, 3.2 * len(models)), 3.0), squeeze=False,
+    per_panel = max(3.2, 0.42 * max(sum(r.model == m for r in rows) for m in models) + 1.0)  # room for the labels
+    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, per_panel * len(models)), 3.0), squeeze=False,
                              sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
         mr = [r for r in rows if r.model == model]
