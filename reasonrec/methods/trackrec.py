@@ -453,7 +453,7 @@ STAGE_KIND_WEIGHTS = {"data": 0.2, "samples": 0.2, "distill": 4.0, "eval": 1.0, 
 
 
 def planned_stages(cfg: Config) -> list[str]:
-    """The stages :func:`run` announces, in order, for counting ("stage 7/31 cots/trackrec-G1") and the ETA.
+    """The stages :func:`run` announces, in order, for counting ("stage 9/29 cots/trackrec-G1") and the ETA.
     Adapter names follow :func:`run_arm`; when a round keeps no preference group G keeps its name and the
     planned ``cots/<arm>-G<r>`` never runs (its number is skipped, the count stays an upper bound)."""
     names: list[str] = []
