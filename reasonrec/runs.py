@@ -75,6 +75,7 @@ class Stage:
     name: str
     _started: float = field(default_factory=time.time)
     depends: dict[str, Any] | None = None  # None: a look-up by a later stage, no fingerprint check
+    on_complete: Any = None  # RunDir's hook: the label goes back to the stage this one ran inside
 
     @property
     def marker(self) -> Path:
@@ -115,6 +116,8 @@ class Stage:
         extra = {} if self.depends is None else {"fingerprint": self.fingerprint, "depends": self.depends}
         io.write_json(self.marker, {"stage": self.name, "artifacts": sizes, "sha256": digests,
                                     "seconds": round(time.time() - self._started, 3), **extra, **info})
+        if self.on_complete is not None:
+            self.on_complete(self.name)
 
     def info(self) -> dict[str, Any]:
         return json.loads(self.marker.read_text()) if self.marker.exists() else {}
@@ -124,6 +127,13 @@ class Stage:
 
     def __exit__(self, *exc) -> None:
         return None
+
+
+def _clock(seconds: float) -> str:
+    """``"1:02:03"`` / ``"4:05"``."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _digest(obj: Any) -> str:
@@ -177,6 +187,11 @@ class RunDir:
         self.verbose = verbose
         # the method's stage order, when it declares one: stages are then counted ("stage 3/6 infer")
         self.stages = list(stages)
+        # expected relative cost of each declared stage (a method's measured stage seconds); missing = 1
+        self.stage_weights: dict[str, float] = {}
+        self._t0 = time.time()  # the whole-run ETA extrapolates from the stages this process has run
+        self._ran: list[str] = []
+        self._running: list[str] = []  # announced, not complete: a stage can run inside another (TrackRec)
         self._announced: set[str] = set()
         self._current = ""  # the stage now running: the one a warning belongs to
         self._lock_fd: int | None = None
@@ -246,19 +261,52 @@ class RunDir:
             self._clear_if_stale(st)
         if name not in self._announced:  # stages are looked up again by later stages; say it once
             self._announced.add(name)
+            eta = ""
             if not st.done:
                 self._current = name
-                progress.set_stage(self.stage_label(name))  # what the progress bars of this stage's work say
+                eta = self.eta(name)
+                # what the progress bars of this stage's work say: "stage 4/6 infer · run ≈ 12 min left"
+                progress.set_stage(self.stage_label(name) + (f" · {eta}" if eta else ""))
                 self.clear_warnings(name)  # this attempt says them again, if they still hold
+                self._ran.append(name)
+                self._running.append(name)
+                st.on_complete = self._completed
             count = f" [{self.stages.index(name) + 1}/{len(self.stages)}]" if name in self.stages else ""
-            self.log(f"stage {name}: " + ("complete, skipped" if st.done else "running") + count)
+            self.log(f"stage {name}: " + ("complete, skipped" if st.done else "running") + count
+                     + (f" · {eta}" if eta else ""))
         return st
+
+    def _completed(self, name: str) -> None:
+        """A stage finished: the bars (and warnings) of the work that follows belong to the stage it ran inside."""
+        if name in self._running:
+            self._running.remove(name)
+        if self._running and self._current == name:
+            self._current = self._running[-1]
+            progress.set_stage(self.stage_label(self._current))
 
     def stage_label(self, name: str) -> str:
         """``"stage 3/6 infer"`` when the run declared its stages, else ``"stage infer"``."""
         if name in self.stages:
             return f"stage {self.stages.index(name) + 1}/{len(self.stages)} {name}"
         return f"stage {name}"
+
+    def eta(self, starting: str) -> str:
+        """``"run 3:05 elapsed, ≈ 12 min left"`` as stage ``starting`` begins: the wall time this process has
+        spent since the run started (stages, and the work between them such as trainings), per unit of
+        :attr:`stage_weights` of the declared stages it has run, times the weight of the declared stages not
+        complete yet (this one included). Empty before the first stage has run, or without declared stages.
+        An extrapolation, as good as the weights: they come from one measured run of the method."""
+        if starting not in self.stages or not self._ran:
+            return ""
+        w = lambda n: float(self.stage_weights.get(n, 1.0))  # noqa: E731
+        elapsed = time.time() - self._t0
+        ran = sum(w(n) for n in self._ran if n in self.stages)
+        rest = [n for n in self.stages[self.stages.index(starting):]
+                if n == starting or (n not in self._ran and not Stage(self.root / n, n).done)]
+        if ran <= 0:
+            return ""
+        left = elapsed / ran * sum(w(n) for n in rest)
+        return f"run {_clock(elapsed)} elapsed, ≈ {_clock(left)} left"
 
     def step(self, label: str):
         """``with run.step("user refinement"):`` names the work the progress bars inside show."""

@@ -187,3 +187,13 @@ def test_a_missing_text_table_is_a_warning_in_the_report_not_a_refusal(two_runs,
     page = write_report([run]).read_text()
     assert "warning: report_texts names texts/user.parquet, which does not exist" in page
     assert 'data-plot="variants-auc"' in page
+
+
+def test_round_curves_hook_draws_one_line_per_series_with_intervals():
+    from reasonrec.eval.report import plot_curve
+
+    spec = {"title": "V AUC per round", "x": "round", "y": "AUC",
+            "series": {"trackrec": [[0, 0.61, 0.55, 0.67], [1, 0.64, 0.58, 0.70]], "no_align": [[0, 0.61], [1, None]]}}
+    svg = plot_curve(spec)
+    assert svg.startswith("<svg") and "V AUC per round" in svg and "trackrec" in svg and "no_align" in svg
+    assert plot_curve({"series": {"a": [[0, None]]}}) is None

@@ -243,3 +243,20 @@ def test_cli_prints_the_table_and_recomputes_another_reference(tmp_path):
     d = next(d for d in again.deltas if d.variant == "base" and d.metric == "auc" and d.subgroup == "all")
     first = next(d for d in res.deltas if d.variant == "kar" and d.metric == "auc" and d.subgroup == "all")
     assert d.value == pytest.approx(-first.value) and d.ci_low == pytest.approx(-first.ci_high)
+
+
+def test_split_checksum_is_the_same_for_equal_string_columns_in_another_process():
+    """A pandas string column (TrackRec's sample keys) is hashed by its values: its ``to_numpy()`` is an object
+    array, whose raw bytes are pointers that change with every process and copy."""
+    import subprocess
+    import sys
+
+    code = ("import pandas as pd; from reasonrec.eval.results import split_checksum; "
+            "df = pd.DataFrame({'sample': pd.array(['train:1', 'train:2'], dtype='string'), 'label': [0, 1]}); "
+            "print(split_checksum({'train': df}))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(outs) == 1
+    df = pd.DataFrame({"sample": pd.array(["train:1", "train:2"], dtype="string"), "label": [0, 1]})
+    assert R.split_checksum({"train": df}) == outs.pop().strip()
+    assert R.split_checksum({"train": df.copy()}) == R.split_checksum({"train": df})

@@ -42,6 +42,51 @@ def test_progress_bar_names_the_stage_count_and_step(tmp_path, tiny_model_path, 
     assert "generate" in capsys.readouterr().err
 
 
+def test_stage_labels_carry_a_whole_run_eta_from_the_stages_this_process_ran(tmp_path, monkeypatch):
+    from reasonrec import runs
+
+    clock = [1000.0]
+    monkeypatch.setattr(runs.time, "time", lambda: clock[0])
+    run = RunDir(tmp_path / "run", verbose=False, stages=["a", "b", "c"])
+    run.stage_weights = {"a": 1, "b": 2, "c": 3}
+    st = run.stage("a", depends={"x": 1})
+    assert progress.describe() == "stage 1/3 a"  # nothing has run yet: no ETA
+    clock[0] += 10
+    st.complete([])
+    run.stage("b", depends={"x": 1})  # 10 s for 1 unit; 2 + 3 units left
+    assert progress.describe() == "stage 2/3 b · run 0:10 elapsed, ≈ 0:50 left"
+    assert "stage b: running [2/3] · run 0:10 elapsed, ≈ 0:50 left" in (run.root / "log.txt").read_text()
+    # a resumed run: the complete stage is skipped and weighs nothing in this process's rate
+    clock[0] += 30
+    resumed = RunDir(tmp_path / "run", verbose=False, stages=["a", "b", "c"])
+    resumed.stage_weights = run.stage_weights
+    resumed.stage("a", depends={"x": 1})
+    st = resumed.stage("b", depends={"x": 1})
+    assert progress.describe() == "stage 2/3 b"
+    clock[0] += 40
+    st.complete([])
+    outer = resumed.stage("c", depends={"x": 1})  # 40 s for b's 2 units → 20 s a unit × c's 3
+    assert progress.describe() == "stage 3/3 c · run 0:40 elapsed, ≈ 1:00 left"
+    # a stage run inside another: once it completes, the bars are the outer stage's again
+    resumed.stage("inner", depends={"x": 1}).complete([])
+    assert progress.describe() == "stage 3/3 c"
+    outer.complete([])
+
+
+def test_trackrec_plans_the_stages_its_run_announces():
+    from reasonrec.methods.trackrec import Config, planned_stages
+
+    cfg = Config(run_dir="x", rounds=2, ablation_rounds=1)
+    names = planned_stages(cfg)
+    assert names[:3] == ["data", "samples", "distill"] and len(names) == len(set(names))
+    assert names.index("trackrec/r1/feedback") < names.index("rectune/trackrec-V1") < names.index(
+        "eval/trackrec-G2-trackrec-V2")
+    # no_align's G stays G₀ (its CoTs are trackrec's round-0 ones), no_rectune's V stays the base
+    assert "cots/no_align-G1" not in names and "eval/G0-no_align-V1" in names
+    assert "eval/no_rectune-G1-base" in names and "eval/base-base" in names
+    assert names[-3:] == ["eval/none-base", "rectune/tallrec", "eval/none-tallrec"]
+
+
 class MuteTeacher(_r4ec_teacher.HashTeacher):
     """A teacher that never writes the tagged format (what a random or too small model does)."""
 

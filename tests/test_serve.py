@@ -127,6 +127,35 @@ def test_score_and_rank_match_the_saved_backbones_predictions(run, ml100k_dir):
     assert "genre" in bad_variant.json()["detail"]
 
 
+def test_concurrent_requests_are_coalesced_and_answer_as_alone(run):
+    """Requests sent together share forwards (batch sizes > 1) and get the probabilities they get one by one,
+    across variants and with a cold user and a bad request in the mix (the bad one fails alone)."""
+    from reasonrec.serve import create_app
+
+    rng = np.random.default_rng(1)
+    bodies = [{"user_id": int(u), "item_ids": rng.choice(np.arange(1, 500), int(rng.integers(1, 30))).tolist()}
+              for u in [*rng.choice(np.arange(1, 900), 22), 5000]]
+    paths = ["/v1/score", "/v1/score?variant=base"] * 12
+    calls = list(zip(paths, bodies, strict=False))
+    alone = [r.json() for r in _calls(create_app(run, max_batch=1), calls)]
+    app = create_app(run, max_batch=8, max_wait_ms=50)
+
+    async def together():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            bad = client.post("/v1/score", json={"user_id": 1, "item_ids": [99999]})
+            return await asyncio.gather(bad, *(client.post(p, json=b) for p, b in calls))
+    bad, *answers = asyncio.run(together())
+    assert bad.status_code == 404
+    assert [a.status_code for a in answers] == [200] * len(calls)
+    sizes = app.state.batcher.sizes
+    assert sum(sizes) == len(calls) and max(sizes) == 8 and len(sizes) < len(calls)
+    for a, b in zip(answers, alone, strict=True):
+        a = a.json()
+        assert (a["variant"], a["backbone"], a["cold_user"]) == (b["variant"], b["backbone"], b["cold_user"])
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+
+
 def test_a_run_without_checkpoints_says_so(run, tmp_path):
     import shutil
 
@@ -145,11 +174,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_in_background(run: Path, port: int) -> subprocess.Popen:
-    """`reasonrec serve RUN --port PORT` in a child process, returned once /healthz answers."""
+def serve_in_background(run: Path, port: int, *options: str) -> subprocess.Popen:
+    """`reasonrec serve RUN --port PORT [OPTIONS]` in a child process, returned once /healthz answers."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                      os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-c", "from reasonrec.cli import app; app()", "serve", str(run), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", "from reasonrec.cli import app; app()", "serve", str(run), "--port", str(port),
+                             *options],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -79,6 +79,22 @@ def run(
 
 
 @app.command()
+def bench(
+    config: Annotated[Path, typer.Argument(help="Bench YAML (configs/bench/): method configs and baselines.")],
+    data_dir: Annotated[Path | None, typer.Option(envvar="REASONREC_DATA_DIR",
+                                                     help="Folder with the raw dataset files.")] = None,
+) -> None:
+    """Run every method config of a bench file, the classic baselines on each method's split, and print one
+    leaderboard per split (markdown and HTML paths written under the bench's run_root)."""
+    from ..bench import run_bench
+
+    for group in run_bench(config, data_dir=data_dir, echo=typer.echo):
+        typer.echo(f"\n{group['dataset']} · {group['protocol']} · split {group['split_checksum'][:16]}")
+        typer.echo(group["board"].markdown())
+        typer.echo(f"report: {group['report']}")
+
+
+@app.command()
 def version() -> None:
     """Print the package version."""
     from .. import __version__

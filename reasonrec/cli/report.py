@@ -54,10 +54,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback by default (no auth: do not expose).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Concurrent score/rank requests coalesced into one CTR "
+                                           "forward; 1 turns cross-request batching off.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(min=0.0, help="How long a batch waits for more requests.")] = 2.0,
 ) -> None:
     """Serve a finished run over HTTP: /healthz, /v1/model, /v1/users/{id}/explanation, POST /v1/score, /v1/rank."""
     import uvicorn
 
     from ..serve import create_app
 
-    uvicorn.run(create_app(run_dir), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(run_dir, max_batch=max_batch, max_wait_ms=max_wait_ms), host=host, port=port,
+                log_level="info")

@@ -13,7 +13,10 @@ What a report reads from a run directory (every part is optional except ``result
   stage's ``_SUCCESS.json`` ``report_texts`` (paths relative to that stage's folder). An entry is a path to a
   Parquet file, or ``{"path", "id_column", "user_column", "columns", "caption"}``; when the table has a user
   column and the run saved per-sample predictions, each text is shown next to that user's test labels and mean
-  score per variant. A sample of :data:`TEXT_ROWS` rows is shown, long texts cut at :data:`TEXT_CHARS`.
+  score per variant. A sample of :data:`TEXT_ROWS` rows is shown, long texts cut at :data:`TEXT_CHARS`;
+* curves. HOOK: ``results.json`` ``details.report_curves``, a list of ``{"title", "x", "y", "series": {name:
+  [[x, y] or [x, y, lo, hi], ...]}}`` (TrackRec: V's and DIN's AUC and the CoT length per round, one line per
+  arm): one line plot each (:func:`plot_curve`), intervals as error bars.
 
 ``compare`` (:func:`compare_runs`) refuses runs whose dataset, protocol or split checksum differ, naming the runs;
 it ranks every (run, model, variant) on the metrics all runs share, and where two runs saved predictions on the
@@ -66,10 +69,12 @@ class RunView:
 
 
 def _markers(root: Path) -> dict[str, dict[str, Any]]:
+    """Every stage's marker, nested stages too (TrackRec's ``cots/<G>``), named by their path in the run, in the
+    order they completed."""
     out = {}
-    for marker in sorted(root.glob("*/_SUCCESS.json")):
+    for marker in sorted(root.rglob("_SUCCESS.json"), key=lambda p: (p.stat().st_mtime, str(p))):
         try:
-            out[marker.parent.name] = json.loads(marker.read_text())
+            out[marker.parent.relative_to(root).as_posix()] = json.loads(marker.read_text())
         except json.JSONDecodeError:  # a marker is written atomically; a broken one is not ours to judge here
             continue
     return out
@@ -183,7 +188,8 @@ def plot_variants(res: Results, metric: str, subgroup: str = "all") -> str | Non
     if not rows:
         return None
     models = list(dict.fromkeys(r.model for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, 3.2 * len(models)), 3.0), squeeze=False,
+    per_panel = max(3.2, 0.42 * max(sum(r.model == m for r in rows) for m in models) + 1.0)  # room for the labels
+    fig, axes = plt.subplots(1, len(models), figsize=(max(4.0, per_panel * len(models)), 3.0), squeeze=False,
                              sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
         mr = [r for r in rows if r.model == model]
@@ -220,6 +226,37 @@ def plot_counts(counts: dict[str, Any], title: str) -> str | None:
     ax.set_title(title, fontsize=10)
     for i, v in enumerate(flat.values()):
         ax.text(v, i, f" {v:g}", va="center", fontsize=8)
+    return _svg(fig)
+
+
+def plot_curve(spec: dict[str, Any]) -> str | None:
+    """One line per series of ``spec`` (the ``details.report_curves`` hook): ``{"title", "x", "y", "series":
+    {name: [[x, y] or [x, y, lo, hi], ...]}}``; an interval, when given, is drawn as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: [p for p in v if p[1] is not None] for k, v in (spec.get("series") or {}).items()}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for k, (name, pts) in enumerate(series.items()):
+        x = np.array([p[0] for p in pts], dtype=float) + 0.04 * (k - (len(series) - 1) / 2)  # side by side
+        y = np.array([p[1] for p in pts], dtype=float)
+        line = ax.plot(x, y, marker="o", label=name)[0]
+        if all(len(p) >= 4 and p[2] is not None and p[3] is not None for p in pts):
+            lo, hi = np.array([p[2] for p in pts], float), np.array([p[3] for p in pts], float)
+            ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor=line.get_color(), capsize=3, lw=0.8)
+    ax.set_xlabel(spec.get("x", ""))
+    ax.set_ylabel(spec.get("y", ""))
+    ax.set_title(spec.get("title", ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    xs = sorted({p[0] for pts in series.values() for p in pts})
+    if all(float(v).is_integer() for v in xs):
+        ax.set_xticks(xs)
     return _svg(fig)
 
 
@@ -334,11 +371,17 @@ def _run_section(view: RunView) -> tuple[str, str]:
         h.append(f'<p class="warn">warning: {_esc(note)}</p>')
         md.insert(-1, f"> warning: {note}\n")
     for metric in _metrics(res):
+        if all(r.value is None for r in res.rows if r.metric == metric and r.subgroup == "all"):
+            continue  # undefined on every variant: the warning above says so, a table of dashes says nothing
         header, rows = _results_rows(res, metric)
         h.append(f"<h4>{_esc(metric)}</h4>" + _html_table(header, rows))
         svg = plot_variants(res, metric)
         if svg:
             h.append(f'<div class="plot" data-plot="variants-{_esc(metric)}">{svg}</div>')
+    for k, spec in enumerate(res.details.get("report_curves", []) or []):
+        svg = plot_curve(spec)
+        if svg:
+            h.append(f'<div class="plot" data-plot="curve-{k}">{svg}</div>')
     timings = [[k, v] for k, v in view.stage_seconds.items()]
     if timings:
         h.append("<h3>Stage timings (s)</h3>" + _html_table(["stage", "seconds"], timings))
@@ -577,4 +620,4 @@ def _paired_deltas(loaded, names, table: pd.DataFrame, metrics: list[str], n_boo
     return f"{top['run']}/{top['model']}/{top['variant']}"
 
 
-__all__ = ["Leaderboard", "RunView", "compare_runs", "load_run", "plot_variants", "render_report", "write_report"]
+__all__ = ["Leaderboard", "RunView", "compare_runs", "load_run", "plot_curve", "plot_variants", "render_report", "write_report"]

@@ -301,7 +301,8 @@ def split_checksum(frames: dict[str, pd.DataFrame]) -> str:
                 flat = np.concatenate([np.asarray(x, dtype=np.float64) for x in s]) if lens.sum() else np.zeros(0)
                 h.update(lens.tobytes())
                 h.update(flat.tobytes())
-            elif s.dtype == object:
+            elif s.dtype == object or pd.api.types.is_string_dtype(s):
+                # pandas' string dtype too: its to_numpy() is an object array, whose bytes are pointers
                 h.update("\x1f".join(map(str, s)).encode())
             else:
                 h.update(str(s.dtype).encode())

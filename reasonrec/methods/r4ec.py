@@ -95,6 +95,9 @@ VARIANT_INFO = {
 }
 # the run's stages in order, so that progress says "stage 4/6 infer"
 STAGES = ("data", "construct", "train", "infer", "encode", "rec")
+# seconds of each stage in the CPU study (benchmarks/results/r4ec-ml100k-cpu.md; data: a few seconds): the
+# weights of the whole-run ETA (RunDir.eta), which holds while the stages keep these proportions
+STAGE_SECONDS = {"data": 5, "construct": 90, "train": 660, "infer": 1016, "encode": 4, "rec": 10}
 KNOWLEDGE_VARIANTS = VARIANTS[1:]
 # adapter role → construction sets it is trained on (Algorithm 1; eq. 7-9 actor, eq. 10 reflector; R4ec §4.1.4
 # R²ec: "only the obtained D_reason for training a single actor")
@@ -564,8 +567,15 @@ def variant_lines(infer_stats: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def evaluated_splits(cfg: Config, run_dir: RunDir):
+    """(splits, tables) the run's ``split_checksum`` is of: ``reasonrec bench`` trains the classic baselines on
+    them (read back from the complete ``data`` stage)."""
+    ctx = prepare_splits(cfg.data, run_dir, subset=cfg.subset)
+    return ctx.splits, ctx.tables
+
+
 def run(cfg: Config, run_dir: RunDir) -> dict:
-    run_dir.stages = list(STAGES)
+    run_dir.stages, run_dir.stage_weights = list(STAGES), dict(STAGE_SECONDS)
     ctx = prepare_splits(cfg.data, run_dir, subset=cfg.subset)
     branches = stage_construct(cfg, run_dir, ctx)
     adapters = stage_train(cfg, run_dir)

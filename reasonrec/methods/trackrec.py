@@ -447,7 +447,71 @@ def run_arm(ctx: Ctx, arm: str, g0: str | None) -> list[dict]:
     return rows
 
 
+# relative cost of a stage by kind, for the whole-run ETA (RunDir.eta), from the per-call costs in the header of
+# configs/trackrec/ml100k-cpu.yaml (in units of ~25 s there): a feedback stage carries the S-DPO training after it
+# and a rectune stage its Yes/No training, as both run between stage markers
+STAGE_KIND_WEIGHTS = {"data": 0.2, "samples": 0.2, "distill": 4.0, "eval": 1.0, "cots": 5.0, "ctr": 0.7,
+                      "feedback": 6.0, "rectune": 8.0}
+
+
+def planned_stages(cfg: Config) -> list[str]:
+    """The stages :func:`run` announces, in order, for counting ("stage 9/29 cots/trackrec-G1") and the ETA.
+    Adapter names follow :func:`run_arm`; when a round keeps no preference group G keeps its name and the
+    planned ``cots/<arm>-G<r>`` never runs (its number is skipped, the count stays an upper bound)."""
+    names: list[str] = []
+
+    def add(*ns: str) -> None:
+        names.extend(n for n in ns if n not in names)
+
+    add("data", "samples")
+    if any(ARMS[a][0] for a in ["trackrec", *cfg.ablations]):
+        add("distill")
+    for arm in ["trackrec", *cfg.ablations]:
+        distill, align, rectune = ARMS[arm]
+        g, v = ("G0" if distill else "base"), "base"
+        add(f"eval/{g}-{v}", f"cots/{g}", f"ctr/{g}")
+        for r in range(1, (cfg.rounds if arm == "trackrec" else (cfg.ablation_rounds or cfg.rounds)) + 1):
+            if align:
+                add(f"{arm}/r{r}/feedback")
+                g = f"{arm}-G{r}"
+            if rectune:
+                add(f"rectune/{arm}-V{r}", f"cots/{g}")
+                v = f"{arm}-V{r}"
+            add(f"eval/{g}-{v}", f"cots/{g}", f"ctr/{g}")
+    if "backbone" in cfg.baselines:
+        add("ctr/none")
+    if "zero_shot" in cfg.baselines:
+        add("eval/none-base")
+    if "tallrec" in cfg.baselines:
+        add("rectune/tallrec", "eval/none-tallrec")
+    return names
+
+
+def evaluated_splits(cfg: Config, run_dir: RunDir):
+    """(splits, tables) the run's ``split_checksum`` is of (the seeded subset of the ``samples`` stage, no
+    validation rows): ``reasonrec bench`` trains the classic baselines on them."""
+    ctx = stage_samples(cfg, run_dir)
+    return ctx.splits, ctx.tables
+
+
+def _round_curves(arms: dict[str, list[dict]]) -> list[dict]:
+    """The report's round curves (Fig. 5's view): V's AUC with its interval, each backbone's AUC, the CoT length."""
+    curves = [{"title": "V as a recommender: test AUC per round (95% user-bootstrap interval)", "x": "round",
+               "y": "AUC", "series": {arm: [[r["round"], r["v_auc"], *(r.get("v_auc_ci") or [None, None])]
+                                            for r in rows] for arm, rows in arms.items()}}]
+    for b in dict.fromkeys(k for rows in arms.values() for r in rows for k in r["ctr"]):
+        curves.append({"title": f"{b} with the CoT field: test AUC per round", "x": "round", "y": "AUC",
+                       "series": {arm: [[r["round"], r["ctr"][b]["auc"]] for r in rows if b in r["ctr"]]
+                                  for arm, rows in arms.items()}})
+    curves.append({"title": "mean greedy CoT length per round (Tab. 5a)", "x": "round", "y": "tokens",
+                   "series": {arm: [[r["round"], r["cot_tokens"]] for r in rows] for arm, rows in arms.items()}})
+    return curves
+
+
 def run(cfg: Config, run_dir: RunDir) -> dict:
+    run_dir.stages = planned_stages(cfg)
+    run_dir.stage_weights = {n: STAGE_KIND_WEIGHTS.get("feedback" if n.endswith("/feedback") else n.split("/")[0], 1.0)
+                             for n in run_dir.stages}
     ctx = stage_samples(cfg, run_dir)
     needs_g0 = any(ARMS[a][0] for a in ["trackrec", *cfg.ablations])
     g0 = stage_distill(ctx) if needs_g0 else None
@@ -475,7 +539,14 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(frames, ignore_index=True))
     data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test),
             "test_users": int(ctx.splits.test["user_id"].nunique())}
-    summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines}
+    summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines,
+               "report_curves": _round_curves(arms),
+               # round 0's and the last round's greedy CoTs of the full method, next to their user's test samples
+               "report_texts": [{"path": f"cots/{g}/cots.parquet", "id_column": "sample", "columns": ["cot"],
+                                 "caption": f"{name} greedy CoTs (G = {g})"}
+                                for name, g in (("round 0", arms["trackrec"][0]["G"]),
+                                                (f"round {arms['trackrec'][-1]['round']}", arms["trackrec"][-1]["G"]))
+                                if g != "base"]}
     splits = ctx.splits
     res = R.build_results(
         pd.read_parquet(run_dir.root / "predictions.parquet"), cfg.results, method="trackrec",

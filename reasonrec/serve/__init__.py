@@ -3,8 +3,9 @@
 Endpoints:
 
 * ``GET /healthz`` → ``{"status": "ok"}``;
-* ``GET /v1/model`` → the run's method, dataset, protocol, split checksum, reference and its ``all``-subgroup
-  metric rows (value and interval per model × variant × metric);
+* ``GET /v1/model`` → the run's method, dataset, protocol, split checksum, reference, its ``all``-subgroup
+  metric rows (value and interval per model × variant × metric) and the batcher's settings and counts
+  (``batching``: batches run and requests they held; ``null`` with ``--max-batch 1``);
 * ``GET /v1/users/{user_id}/explanation`` → the texts the run generated for that user, one per text column of
   the first per-user table (one with a ``user_column``) the method names through the report hook
   (``report_texts``, :mod:`reasonrec.eval.report`; R4ec: ``infer/user.parquet``, its ``kar``, ``r2ec`` and
@@ -22,11 +23,21 @@ the padding row of the user knowledge, so only the item side speaks; the answer 
 item id the run's items table does not have is a 404 naming it. At most :data:`MAX_ITEMS` ids per request
 (a 422 beyond). A run without checkpoints (finished before they were saved) answers 404 on both, saying so.
 
-Everything is read once when the app is created. Concurrency: FastAPI runs these sync endpoints in a thread
-pool; the text endpoints only read immutable tables, and every model forward runs under one ``threading.Lock``
-with ``torch.no_grad()`` — torch modules in eval mode hold no per-call state, but the lock keeps concurrent
-requests from oversubscribing the intra-op thread pool and makes the order of floating-point work the same as
-serial. Requests are not batched across clients (each request is already one batched forward over its items).
+Everything is read once when the app is created. Concurrency: ``/v1/score`` and ``/v1/rank`` requests that
+arrive together are coalesced into one CTR forward (:class:`~reasonrec.serve.batching.MicroBatcher`: at most
+``--max-batch`` requests, default :data:`MAX_BATCH`, waiting at most ``--max-wait-ms``, default
+:data:`MAX_WAIT_MS`, for the first one's companions; a batch keeps filling while the previous forward runs).
+Each request is validated (404 / 422) before it joins a batch, so a bad request cannot fail the others. The
+forward runs in a worker thread under one ``threading.Lock`` with ``torch.no_grad()``: torch modules in eval
+mode hold no per-call state, and one forward at a time keeps concurrent requests from oversubscribing the
+intra-op thread pool. ``--max-batch 1`` turns batching off (each request is its own forward in the thread
+pool). ``benchmarks/serve.py`` measures both.
+
+LLM calls: no endpoint calls an LLM at request time. The explanations are the texts the run generated (read
+from its tables at start-up), and scores come from the CTR backbones. The Yes-probability scoring of an LLM
+recommender (ThinkRec, TrackRec's V) and on-demand item-specific reasons are not served yet; when they are,
+they belong behind the same batcher (one batched ``choice_probs`` / ``generate`` call per batch), since the
+LLM backends already take a list of prompts per call.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
 from ..eval.results import read_results
+from .batching import MicroBatcher
 
 
 def _user_texts(root: Path, res) -> tuple[str | None, dict[int, dict[str, str]]]:
@@ -59,6 +71,8 @@ def _user_texts(root: Path, res) -> tuple[str | None, dict[int, dict[str, str]]]
 
 
 MAX_ITEMS = 1000  # ids per score / rank request: one forward of this size takes ~tens of ms on a CPU core
+MAX_BATCH = 32  # requests coalesced into one forward (at most MAX_BATCH × MAX_ITEMS rows)
+MAX_WAIT_MS = 2.0  # how long the first request of a batch waits for others: ~a tenth of a 20-item forward
 
 
 # ids are bounded so that no request can overflow the int64 tensors they become
@@ -133,27 +147,45 @@ class _Scorer:
         self.lock = threading.Lock()
 
     def score(self, user_id: int, item_ids: list[int], variant: str | None) -> dict[str, Any]:
+        return self.score_many([(user_id, item_ids, variant)])[0]
+
+    def score_many(self, requests: list[tuple[int, list[int], str | None]]) -> list[dict[str, Any]]:
+        """Score several requests with one forward per variant: their rows are concatenated, encoded once and
+        split back (a row's score does not depend on the other rows of the batch: the models are in eval mode)."""
         import torch
 
-        variant = variant or self.default
-        backbone = self.best[variant]
-        fb = self.features[variant]
-        hist = self.histories.get(int(user_id))
-        cold = hist is None
-        h_items, h_ratings = ([], []) if cold else hist
-        df = pd.DataFrame({"user_id": [0 if cold else int(user_id)] * len(item_ids), "item_id": item_ids,
-                           "label": [0.0] * len(item_ids), "hist_item_ids": [h_items] * len(item_ids),
-                           "hist_ratings": [h_ratings] * len(item_ids)})
-        enc = fb.encode(df, where="request")
-        with self.lock, torch.no_grad():
-            logit = self.models[(backbone, variant)](enc.batch(torch.arange(len(enc))))["logit"]
-            probs = torch.sigmoid(logit).float().tolist()
-        return {"user_id": int(user_id), "backbone": backbone, "variant": variant, "cold_user": cold,
-                "test_auc": self.auc.get((backbone, variant)), "probabilities": probs}
+        out: list[dict[str, Any] | None] = [None] * len(requests)
+        by_variant: dict[str, list[int]] = {}
+        for k, (_, _, variant) in enumerate(requests):
+            by_variant.setdefault(variant or self.default, []).append(k)
+        for variant, ks in by_variant.items():
+            backbone, fb, frames, meta = self.best[variant], self.features[variant], [], []
+            for k in ks:
+                user_id, item_ids, _ = requests[k]
+                hist = self.histories.get(int(user_id))
+                cold = hist is None
+                h_items, h_ratings = ([], []) if cold else hist
+                frames.append(pd.DataFrame({"user_id": [0 if cold else int(user_id)] * len(item_ids),
+                                            "item_id": item_ids, "label": [0.0] * len(item_ids),
+                                            "hist_item_ids": [h_items] * len(item_ids),
+                                            "hist_ratings": [h_ratings] * len(item_ids)}))
+                meta.append((k, int(user_id), cold, len(item_ids)))
+            enc = fb.encode(pd.concat(frames, ignore_index=True), where="request")
+            with self.lock, torch.no_grad():
+                logit = self.models[(backbone, variant)](enc.batch(torch.arange(len(enc))))["logit"]
+                probs = torch.sigmoid(logit).float().tolist()
+            start = 0
+            for k, user_id, cold, n in meta:
+                out[k] = {"user_id": user_id, "backbone": backbone, "variant": variant, "cold_user": cold,
+                          "test_auc": self.auc.get((backbone, variant)), "probabilities": probs[start:start + n]}
+                start += n
+        return out
 
 
-def create_app(run_dir: str | Path):
-    """The FastAPI app of a finished run (a ResultsError if the run has no valid ``results.json``)."""
+def create_app(run_dir: str | Path, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
+    """The FastAPI app of a finished run (a ResultsError if the run has no valid ``results.json``).
+    ``max_batch`` requests at most per coalesced forward, waiting at most ``max_wait_ms`` for them
+    (``max_batch=1``: no cross-request batching, each request is one forward in the thread pool)."""
     try:
         from fastapi import FastAPI, HTTPException
     except ImportError:  # the [serve] extra is optional
@@ -164,7 +196,9 @@ def create_app(run_dir: str | Path):
     res, _ = read_results(root)
     source, texts = _user_texts(root, res)
     scorer = _Scorer(root, res)
-    def _score(user_id: int, item_ids: list[int], variant: str | None) -> dict[str, Any]:
+    batcher = MicroBatcher(scorer.score_many, max_batch, max_wait_ms / 1000) if max_batch > 1 else None
+
+    def _check(user_id: int, item_ids: list[int], variant: str | None) -> None:
         if scorer.folder is None or not scorer.models:
             raise HTTPException(404, f"run {root} saved no CTR checkpoints (no */ctr/histories.pt): re-run its rec "
                                      "stage with this version to score")
@@ -175,7 +209,14 @@ def create_app(run_dir: str | Path):
         if unknown:
             raise HTTPException(404, f"unknown item_id {', '.join(map(str, unknown[:10]))}: not in the items table "
                                      f"of run {root}")
-        return scorer.score(user_id, item_ids, variant)
+
+    async def _score(user_id: int, item_ids: list[int], variant: str | None) -> dict[str, Any]:
+        _check(user_id, item_ids, variant)  # a bad request is answered at once, never joins a batch
+        if batcher is None:
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(scorer.score, user_id, item_ids, variant)
+        return await batcher.submit((user_id, item_ids, variant))
 
     class Explanation(BaseModel):
         user_id: int
@@ -183,6 +224,7 @@ def create_app(run_dir: str | Path):
         texts: dict[str, str]
 
     app = FastAPI(title=f"reasonrec · {res.method} · {root.name}", version="1")
+    app.state.batcher = batcher  # batch sizes for the benchmark and the tests
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -194,7 +236,9 @@ def create_app(run_dir: str | Path):
                 for r in res.rows if r.subgroup == "all"]
         return {"method": res.method, "run": str(root), "dataset": res.dataset, "protocol": res.protocol,
                 "split_checksum": res.split_checksum, "reference": res.reference, "metrics": rows,
-                "explanations": source}
+                "explanations": source, "batching": None if batcher is None else {
+                    "max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000,
+                    "batches": batcher.batches, "requests": batcher.requests}}
 
     @app.get("/v1/users/{user_id}/explanation", response_model=Explanation)
     def explanation(user_id: int) -> Explanation:
@@ -204,12 +248,12 @@ def create_app(run_dir: str | Path):
         return Explanation(user_id=user_id, source=source, texts=texts[user_id])
 
     @app.post("/v1/score", response_model=Scored)
-    def score(req: ScoreRequest, variant: str | None = None) -> Scored:
-        return Scored(item_ids=req.item_ids, **_score(req.user_id, req.item_ids, variant))
+    async def score(req: ScoreRequest, variant: str | None = None) -> Scored:
+        return Scored(item_ids=req.item_ids, **await _score(req.user_id, req.item_ids, variant))
 
     @app.post("/v1/rank", response_model=Ranked)
-    def rank(req: RankRequest, variant: str | None = None) -> Ranked:
-        out = _score(req.user_id, req.candidates, variant)
+    async def rank(req: RankRequest, variant: str | None = None) -> Ranked:
+        out = await _score(req.user_id, req.candidates, variant)
         probs = out.pop("probabilities")
         # stable: equal scores keep the request's order
         order = sorted(range(len(probs)), key=lambda k: -probs[k])
