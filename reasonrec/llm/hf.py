@@ -63,6 +63,10 @@ class TransformersOptions(Section):
         system_prompt: system message prepended to prompts that have none (default: the template's own).
         max_prompt_tokens: keep only the last this-many prompt tokens (left truncation); ``None`` keeps all.
         threads: torch CPU threads; ``None`` leaves torch's default.
+        scheduler: how ``generate`` batches rows: ``static`` (length-sorted batches, one ``model.generate`` call
+            each) or ``refill`` (rows leave the batch when they end and waiting rows take their slots,
+            :mod:`reasonrec.llm.hf_refill`). Default ``static``: see ``benchmarks/generation.py`` and the README
+            for the measurement.
     """
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -73,6 +77,7 @@ class TransformersOptions(Section):
     system_prompt: str | None = None
     max_prompt_tokens: int | None = None
     threads: int | None = None
+    scheduler: Literal["static", "refill"] = "static"
 
 
 def resolve_model_path(name: str) -> str:
@@ -266,6 +271,9 @@ class TransformersLLM:
         constraints = per_prompt_constraints(constraint, len(prompts))
         self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
+        if self.options.scheduler == "refill":
+            return self._generate_refill(prompts, encoded, n, temperature, top_p, max_new_tokens, stop, seed,
+                                         adapters, constraints)
         results: list[Generation | None] = [None] * len(prompts)
         for batch in self._batches([len(e) for e in encoded]):
             # n samples of a prompt are n rows, so adapter_names has one entry per row (peft's mixed batch).
@@ -287,6 +295,32 @@ class TransformersLLM:
                     counts.append(len(row))
                 results[i] = Generation(texts=texts, prompt_tokens=len(encoded[i]), completion_tokens=counts)
         return results  # type: ignore[return-value]
+
+    def _generate_refill(self, prompts, encoded, n, temperature, top_p, max_new_tokens, stop, seed, adapters,
+                         constraints) -> list[Generation]:
+        """``generate`` through :class:`~reasonrec.llm.hf_refill.RefillDecoder` (``scheduler: refill``)."""
+        from .hf_refill import RefillDecoder, Row, row_seed
+
+        session = self.grammar_session() if any(c is not None for c in constraints) else None
+        rows = []
+        for i, ids in enumerate(encoded):
+            prefix = split_response_prefix(as_messages(prompts[i]))[1] if constraints[i] is not None else ""
+            for s in range(n):
+                matcher = session.matcher(constraints[i], prefix, max_new_tokens) if constraints[i] is not None \
+                    else None
+                rows.append(Row(ids, adapters[i], matcher, row_seed(seed, ids, s)))
+        decoder = RefillDecoder(self.model, self.tokenizer.pad_token_id, self._eos_ids, self.options.batch_size,
+                                self._adapter_kwargs,
+                                lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        new = decoder.run(rows, max_new_tokens, temperature, top_p, stop)
+        results = []
+        for i, ids in enumerate(encoded):
+            texts, counts = [], []
+            for row in new[i * n:(i + 1) * n]:
+                texts.append(truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)[0])
+                counts.append(len(row))
+            results.append(Generation(texts=texts, prompt_tokens=len(ids), completion_tokens=counts))
+        return results
 
     def _decode(self, rows: list[list[int]], adapters: list[str | None], seed: int, max_new_tokens: int,
                 temperature: float, top_p: float, stop: Sequence[str] | None,
