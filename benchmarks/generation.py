@@ -92,7 +92,7 @@ def naive_hf(model_dir: Path, prompts, max_new_tokens: int, dtype: str = "float3
     return time.perf_counter() - start, tokens, prompt_tokens, texts
 
 
-def save_lora(out: Path) -> Path:
+def save_lora(out: Path, seed: int = 0) -> Path:
     """A LoRA adapter of R4ec's shape on the bundled model (random B, so it changes the outputs), saved by peft."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -100,7 +100,7 @@ def save_lora(out: Path) -> Path:
 
     from reasonrec.llm.bundled import smollm2_hf_dir
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir())
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
     peft_model = get_peft_model(model, cfg)
