@@ -272,8 +272,10 @@ class TransformersLLM:
         self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
         if self.options.scheduler == "refill":
-            return self._generate_refill(prompts, encoded, n, temperature, top_p, max_new_tokens, stop, seed,
-                                         adapters, constraints)
+            from .hf_refill import generate_refill
+
+            return generate_refill(self, prompts, encoded, n, temperature, top_p, max_new_tokens, stop, seed,
+                                   adapters, constraints)
         results: list[Generation | None] = [None] * len(prompts)
         for batch in self._batches([len(e) for e in encoded]):
             # n samples of a prompt are n rows, so adapter_names has one entry per row (peft's mixed batch).
@@ -295,32 +297,6 @@ class TransformersLLM:
                     counts.append(len(row))
                 results[i] = Generation(texts=texts, prompt_tokens=len(encoded[i]), completion_tokens=counts)
         return results  # type: ignore[return-value]
-
-    def _generate_refill(self, prompts, encoded, n, temperature, top_p, max_new_tokens, stop, seed, adapters,
-                         constraints) -> list[Generation]:
-        """``generate`` through :class:`~reasonrec.llm.hf_refill.RefillDecoder` (``scheduler: refill``)."""
-        from .hf_refill import RefillDecoder, Row, row_seed
-
-        session = self.grammar_session() if any(c is not None for c in constraints) else None
-        rows = []
-        for i, ids in enumerate(encoded):
-            prefix = split_response_prefix(as_messages(prompts[i]))[1] if constraints[i] is not None else ""
-            for s in range(n):
-                matcher = session.matcher(constraints[i], prefix, max_new_tokens) if constraints[i] is not None \
-                    else None
-                rows.append(Row(ids, adapters[i], matcher, row_seed(seed, ids, s)))
-        decoder = RefillDecoder(self.model, self.tokenizer.pad_token_id, self._eos_ids, self.options.batch_size,
-                                self._adapter_kwargs,
-                                lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
-        new = decoder.run(rows, max_new_tokens, temperature, top_p, stop)
-        results = []
-        for i, ids in enumerate(encoded):
-            texts, counts = [], []
-            for row in new[i * n:(i + 1) * n]:
-                texts.append(truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)[0])
-                counts.append(len(row))
-            results.append(Generation(texts=texts, prompt_tokens=len(ids), completion_tokens=counts))
-        return results
 
     def _decode(self, rows: list[list[int]], adapters: list[str | None], seed: int, max_new_tokens: int,
                 temperature: float, top_p: float, stop: Sequence[str] | None,

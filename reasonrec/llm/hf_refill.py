@@ -201,3 +201,29 @@ class RefillDecoder:
                 else:
                     cache, mask = None, None
         return [r.new for r in rows]
+
+
+def generate_refill(llm, prompts, encoded, n, temperature, top_p, max_new_tokens, stop, seed, adapters,
+                    constraints) -> list:
+    """``TransformersLLM.generate`` through :class:`RefillDecoder` (``scheduler: refill``): one row per prompt ×
+    sample, each with its adapter, its constraint's matcher and its seed."""
+    from .base import Generation, as_messages, split_response_prefix
+
+    session = llm.grammar_session() if any(c is not None for c in constraints) else None
+    rows = []
+    for i, ids in enumerate(encoded):
+        prefix = split_response_prefix(as_messages(prompts[i]))[1] if constraints[i] is not None else ""
+        for s in range(n):
+            matcher = session.matcher(constraints[i], prefix, max_new_tokens) if constraints[i] is not None else None
+            rows.append(Row(ids, adapters[i], matcher, row_seed(seed, ids, s)))
+    decoder = RefillDecoder(llm.model, llm.tokenizer.pad_token_id, llm._eos_ids, llm.options.batch_size,
+                            llm._adapter_kwargs, lambda ids: llm.tokenizer.decode(ids, skip_special_tokens=True))
+    new = decoder.run(rows, max_new_tokens, temperature, top_p, stop)
+    results = []
+    for i, ids in enumerate(encoded):
+        texts, counts = [], []
+        for row in new[i * n:(i + 1) * n]:
+            texts.append(truncate_at_stop(llm.tokenizer.decode(row, skip_special_tokens=True), stop)[0])
+            counts.append(len(row))
+        results.append(Generation(texts=texts, prompt_tokens=len(ids), completion_tokens=counts))
+    return results
