@@ -6,8 +6,12 @@ user's first rated movies), greedy, up to 128 new tokens (issue 14: 128 prompts,
     naive HF fp32        transformers ``model.generate`` one prompt at a time (batch 1), fp32: what a first script does
     naive HF bf16        the same in bf16: the batch-1 reference the batched bf16 texts must equal
     transformers old     this project's transformers backend as it was: fp32, length-sorted left-padded batches
-    transformers new     the same backend with ``dtype: auto`` (bf16 on AMX / AVX512-BF16 CPUs) and ``--batch-size``
+    transformers new     the same backend with ``dtype: auto`` (bf16 on AMX / AVX512-BF16 CPUs) and ``--batch-size``:
+                         ``static`` (length-sorted batches) and ``refill`` (finished rows' slots refilled)
     llama.cpp BF16       this project's llama.cpp backend on the BF16 conversion, ``--parallel`` sequences together
+    ... + LoRA           with ``--lora``: the new transformers path and llama.cpp with a trained-shape LoRA adapter
+                         (R4ec's: r 8, α 16, all linear layers; random B so it is not a no-op), llama.cpp reading it
+                         GGUF-converted (reasonrec.llm.lora_gguf) — the measurement behind ``infer_backend: auto``
 
 Before the runs it prints the CPU's bf16 features and measures the machine's GEMM roofline (``torch.matmul`` of
 2048 × 2048 matrices in fp32 and bf16 at ``--threads``); each run reports tokens/s, the ratio to naive HF fp32,
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,10 +92,30 @@ def naive_hf(model_dir: Path, prompts, max_new_tokens: int, dtype: str = "float3
     return time.perf_counter() - start, tokens, prompt_tokens, texts
 
 
-def timed(llm, prompts, max_new_tokens: int):
+def save_lora(out: Path, seed: int = 0) -> Path:
+    """A LoRA adapter of R4ec's shape on the bundled model (random B, so it changes the outputs), saved by peft."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from reasonrec.llm.bundled import smollm2_hf_dir
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir())
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # peft's random init gives huge deltas; scale them to a trained adapter's size
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.01)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def timed(llm, prompts, max_new_tokens: int, adapter: str | None = None):
     """→ (seconds, new tokens, prompt tokens, texts) of one ``generate`` call."""
     start = time.perf_counter()
-    gens = llm.generate(prompts, max_new_tokens=max_new_tokens)
+    gens = llm.generate(prompts, max_new_tokens=max_new_tokens, adapter=adapter)
     return (time.perf_counter() - start, sum(g.completion_tokens[0] for g in gens),
             sum(g.prompt_tokens for g in gens), [g.text for g in gens])
 
@@ -106,7 +131,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="batch of the new transformers run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=16, help="sequences the llama.cpp backend decodes together")
-    ap.add_argument("--skip", default="", help="comma-separated: naive,naive-bf16,old,llamacpp")
+    ap.add_argument("--skip", default="", help="comma-separated: naive,naive-bf16,old,static,refill,llamacpp")
+    ap.add_argument("--lora", action="store_true", help="also run transformers and llama.cpp with a LoRA adapter")
     args = ap.parse_args()
     if args.data_dir is None or not (Path(args.data_dir) / "u.data").exists():
         raise SystemExit("pass --data-dir pointing at the MovieLens-100K folder (u.data, u.item)")
@@ -139,9 +165,18 @@ def main() -> None:
         old = load_llm("smollm2-135m", batch_size=args.old_batch_size, threads=args.threads, dtype="float32")
         rows[f"transformers old (fp32, batch {args.old_batch_size})"] = timed(old, prompts, args.max_new_tokens)
         del old
-    new = load_llm("smollm2-135m", batch_size=args.batch_size, threads=args.threads, dtype="auto")
-    n_params = sum(p.numel() for p in new.model.parameters())  # tied head: the embedding is the LM head's weight
-    rows[f"transformers new ({auto.dtype}, batch {args.batch_size})"] = timed(new, prompts, args.max_new_tokens)
+    adapters = {"lora": str(save_lora(Path(tempfile.mkdtemp(prefix="bench_lora_"))))} if args.lora else {}
+    new = load_llm("smollm2-135m", batch_size=args.batch_size, threads=args.threads, dtype="auto",
+                   adapters=adapters)
+    n_params = sum(p.numel() for n, p in new.model.named_parameters() if "lora_" not in n)  # tied head counted once
+    for scheduler in ("static", "refill"):
+        if scheduler not in skip:
+            new.options.scheduler = scheduler
+            rows[f"transformers new ({auto.dtype}, {scheduler}, batch {args.batch_size})"] = timed(
+                new, prompts, args.max_new_tokens)
+            if args.lora:
+                rows[f"transformers new ({auto.dtype}, {scheduler}) + LoRA"] = timed(
+                    new, prompts, args.max_new_tokens, adapter="lora")
     del new
     if "llamacpp" not in skip:
         from reasonrec.llm.llamacpp import gguf_available
@@ -151,6 +186,12 @@ def main() -> None:
                           parallel=args.parallel, requantize="auto")
             rows[f"llama.cpp BF16 (parallel {args.parallel})"] = timed(ll, prompts, args.max_new_tokens)
             del ll
+            if args.lora:
+                ll = load_llm("smollm2-135m", backend="llamacpp", n_threads=args.threads, n_ctx=2048,
+                              parallel=args.parallel, requantize="auto", adapters=adapters)
+                rows[f"llama.cpp BF16 (parallel {args.parallel}) + LoRA"] = timed(ll, prompts, args.max_new_tokens,
+                                                                                  adapter="lora")
+                del ll
         else:
             print("llama.cpp: skipped (llama-cpp-python not installed)")
 

@@ -63,6 +63,10 @@ class TransformersOptions(Section):
         system_prompt: system message prepended to prompts that have none (default: the template's own).
         max_prompt_tokens: keep only the last this-many prompt tokens (left truncation); ``None`` keeps all.
         threads: torch CPU threads; ``None`` leaves torch's default.
+        scheduler: how ``generate`` batches rows: ``static`` (length-sorted batches, one ``model.generate`` call
+            each) or ``refill`` (rows leave the batch when they end and waiting rows take their slots,
+            :mod:`reasonrec.llm.hf_refill`). Default ``static``: see ``benchmarks/generation.py`` and the README
+            for the measurement.
     """
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -73,6 +77,7 @@ class TransformersOptions(Section):
     system_prompt: str | None = None
     max_prompt_tokens: int | None = None
     threads: int | None = None
+    scheduler: Literal["static", "refill"] = "static"
 
 
 def resolve_model_path(name: str) -> str:
@@ -272,6 +277,11 @@ class TransformersLLM:
         constraints = per_prompt_constraints(constraint, len(prompts))
         self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
+        if self.options.scheduler == "refill":
+            from .hf_refill import generate_refill
+
+            return generate_refill(self, prompts, encoded, n, temperature, top_p, max_new_tokens, stop, seed,
+                                   adapters, constraints)
         results: list[Generation | None] = [None] * len(prompts)
         for batch in self._batches([len(e) for e in encoded]):
             # n samples of a prompt are n rows, so adapter_names has one entry per row (peft's mixed batch).

@@ -42,8 +42,13 @@ buffer type takes them here: the same kernels run, the ratios are noise), and 0.
 Scoring needs logits at every position (``logits_all=True``), which costs an extra ``n_ctx × vocab`` buffer and
 slows prefill, so a second context that shares nothing but the file is opened lazily for scoring only.
 
-DEVIATION: llama.cpp applies LoRA adapters (GGUF-converted) at load time, one per model instance, so this
-backend does not take ``adapter=`` per call; load the adapter as ``options.lora_path`` instead.
+Trained LoRA adapters (``options.adapters``, ``{name: peft folder or .gguf}``) are addressed per row by
+``adapter=`` as on transformers: a peft folder is converted to a GGUF LoRA once, cached by its checksum
+(:mod:`reasonrec.llm.lora_gguf`), and loaded with ``llama_adapter_lora_init`` next to the shared base weights.
+llama.cpp applies adapters per *context* (``llama_set_adapters_lora``), not per sequence, so a call whose rows
+name several adapters runs one batched decode loop per adapter (rows of one adapter still share the batch);
+scoring sets the scoring context's adapter before each prompt. ``options.lora_path`` (one GGUF LoRA for every
+call, no ``adapter=``) stays for adapters converted elsewhere.
 """
 
 from __future__ import annotations
@@ -99,7 +104,9 @@ class LlamaCppOptions(Section):
         parallel: sequences ``generate`` decodes together (default 16); 1 = one at a time through llama-cpp-python's
             ``create_completion``. The batched context holds ``parallel × (longest prompt + max_new_tokens)`` KV
             cells, each sequence in its own stream (``n_ctx`` still bounds one sequence).
-        lora_path: a GGUF LoRA adapter applied at load time (see the module docstring).
+        lora_path: a GGUF LoRA adapter applied to every call (see the module docstring).
+        adapters: LoRA adapters to load, ``{name: peft adapter folder or .gguf}``; select one per prompt with
+            ``adapter=``. Peft folders are converted to GGUF once, into the user cache (by checksum).
         system_prompt: system message prepended to prompts that have none (default: the template's own).
         requantize: weight type to convert the GGUF to, once, into the user cache (``reasonrec.io.cache_dir()``):
             ``q8_0``, ``bf16``, ``f16``, ``f32`` or ``none`` (use the file as it is). ``auto`` (default) converts
@@ -118,6 +125,7 @@ class LlamaCppOptions(Section):
     n_gpu_layers: int = 0
     parallel: int = Field(16, ge=1, le=256)
     lora_path: Path | None = None
+    adapters: dict[str, Path] = {}
     system_prompt: str | None = None
     requantize: Literal["auto", "none", "q8_0", "bf16", "f16", "f32"] = "auto"
     extra_buffers: Literal["auto", "on", "off"] = "auto"
@@ -240,7 +248,8 @@ def resolve_gguf(name: str) -> Path:
 class LlamaCppLLM:
     """An :class:`~reasonrec.llm.base.LLM` on llama-cpp-python."""
 
-    supports = frozenset({"generate", "choice_probs", "sequence_logprob", *LOCAL_KINDS})
+    supports = frozenset({"generate", "choice_probs", "sequence_logprob", "adapters", "mixed_adapters",
+                          *LOCAL_KINDS})
 
     def __init__(self, name: str, options: LlamaCppOptions | None = None):
         try:
@@ -261,7 +270,8 @@ class LlamaCppLLM:
         self._gen = self._open(logits_all=False)
         self._scorer = None
         self._batch_ctx = None  # (LlamaContext, n_seq, cells per sequence), opened by generate, grown on demand
-        self._scored_prompt: tuple[int, ...] = ()  # prompt whose KV the scoring context holds
+        self._scored_prompt: tuple = ()  # (adapter, prompt ids) whose KV the scoring context holds
+        self._loras: dict[str, tuple[object, str]] = {}  # name → (llama_adapter_lora pointer, adapter id)
         self._grammars = None  # GrammarSession over the GGUF vocabulary, built on the first constrained call
         # Close the contexts before interpreter teardown; llama-cpp-python's __del__ fails noisily after it.
         weakref.finalize(self, _close_all, self._contexts)
@@ -275,6 +285,56 @@ class LlamaCppLLM:
             self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
         lora = f":lora={self.options.lora_path.name}" if self.options.lora_path else ""
         self.model_id = f"llamacpp:{name}:{self.path.stat().st_size}{lora}"
+        for adapter_name, adapter_path in self.options.adapters.items():
+            self.load_adapter(adapter_name, adapter_path)
+
+    # ------------------------------------------------------------------------------------------ adapters
+
+    def load_adapter(self, name: str, path: str | os.PathLike) -> None:
+        """Load a LoRA adapter (peft folder, converted once and cached, or a GGUF LoRA) under ``name``."""
+        import llama_cpp
+
+        from .base import BASE
+        from .lora_gguf import gguf_adapter
+
+        if name == BASE:
+            raise BackendError(f"adapter name {BASE!r} is reserved for the base model")
+        if self.options.lora_path:
+            raise BackendError("llm.options.lora_path applies one LoRA to every call; use options.adapters only")
+        converted = gguf_adapter(path, self.path)
+        ptr = llama_cpp.llama_adapter_lora_init(self._gen._model.model, str(converted).encode())
+        if not ptr:
+            raise BackendError(f"llama.cpp could not load LoRA {converted} (converted from {path})")
+        # The id is the converted file's name: it carries the adapter's checksum (see lora_gguf.gguf_adapter).
+        self._loras[name] = (ptr, f"{name}@{converted.stem.rsplit('.', 1)[-1]}")
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._loras)
+
+    def adapter_id(self, name: str | None) -> str:
+        if name is None:
+            return ""
+        if name not in self._loras:
+            raise BackendError(f"unknown adapter '{name}'; loaded adapters: {self.adapters or 'none'} "
+                               "(add it to llm.options.adapters or call load_adapter)")
+        return self._loras[name][1]
+
+    def _attach(self, ctx, name: str | None) -> None:
+        """Make ``ctx`` (a raw llama_context pointer) compute with adapter ``name`` only (None: the base model,
+        or ``options.lora_path`` when set)."""
+        import llama_cpp
+
+        if self.options.lora_path:
+            ptr, scale = self._gen._lora_adapter, self._gen.lora_scale
+        elif name is None:
+            ptr, scale = None, 1.0
+        else:
+            ptr, scale = self._loras[name][0], 1.0
+        n = 0 if ptr is None else 1
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(*([ptr] if n else []))
+        if llama_cpp.llama_set_adapters_lora(ctx, adapters, n, (ctypes.c_float * 1)(scale)):
+            raise BackendError(f"could not attach LoRA {name or self.options.lora_path} to a llama.cpp context")
 
     def _open(self, logits_all: bool):
         from llama_cpp import Llama
@@ -305,23 +365,28 @@ class LlamaCppLLM:
                                "raise n_ctx or shorten the prompt")
         return ids
 
-    def _check_adapter(self, adapter: AdapterArg, n: int) -> None:
-        if any(a is not None for a in per_prompt_adapters(adapter, n)):
-            raise BackendError("the llama.cpp backend applies one LoRA at load time (llm.options.lora_path); "
-                               "per-call adapters need the transformers or vLLM backend")
+    def _check_adapter(self, adapter: AdapterArg, n: int) -> list[str | None]:
+        adapters = per_prompt_adapters(adapter, n)
+        for a in set(adapters):
+            self.adapter_id(a)  # validates names up front
+        if self.options.lora_path and any(a is not None for a in adapters):
+            raise BackendError("llm.options.lora_path applies one LoRA to every call; per-call adapters need "
+                               "llm.options.adapters instead")
+        return adapters
 
     def generate(self, prompts: Sequence[Prompt], n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, stop: Sequence[str] | None = None, seed: int = 0,
                  adapter: AdapterArg = None, constraint: ConstraintArg = None) -> list[Generation]:
         check_generate_args(n, temperature, top_p, max_new_tokens)
-        self._check_adapter(adapter, len(prompts))
+        adapters = self._check_adapter(adapter, len(prompts))
         constraints = per_prompt_constraints(constraint, len(prompts))
         self.check_constraints(constraints)
         encoded = [self.encode_prompt(p) for p in prompts]
         if not encoded:
             return []
         constrained = any(c is not None for c in constraints)
-        if self.options.parallel == 1 and not constrained:  # constrained rows always take the batched loop
+        if self.options.parallel == 1 and not constrained and not any(adapters):
+            # constrained rows and per-row adapters always take the batched loop
             return self._generate_sequential(encoded, n, temperature, top_p, max_new_tokens, stop, seed)
         rows = [_Row(p, s, ids, min(max_new_tokens, self.options.n_ctx - len(ids)))
                 for p, ids in enumerate(encoded) for s in range(n)]
@@ -331,7 +396,10 @@ class LlamaCppLLM:
             for r in rows:
                 if constraints[r.prompt] is not None:
                     r.matcher = session.matcher(constraints[r.prompt], prefixes[r.prompt], r.max_new)
-        self._decode_rows(rows, temperature, top_p, list(s for s in stop or [] if s), seed)
+        # llama.cpp sets adapters per context: one decode loop per adapter, in a fixed order (base first).
+        for name in sorted(set(adapters), key=lambda a: (a is not None, a or "")):
+            self._decode_rows([r for r in rows if adapters[r.prompt] == name], temperature, top_p,
+                              list(s for s in stop or [] if s), seed, adapter=name)
         out = [Generation(texts=[""] * n, prompt_tokens=len(ids), completion_tokens=[0] * n) for ids in encoded]
         for r in rows:
             out[r.prompt].texts[r.sample] = r.text
@@ -405,11 +473,6 @@ class LlamaCppLLM:
         params.kv_unified = False  # one stream per sequence: attention reads only the row's own cells
         params.n_batch = params.n_ubatch = max(self.options.n_batch, n_seq)
         ctx = LlamaContext(model=self._gen._model, params=params, verbose=False)
-        if self.options.lora_path:
-            # The adapter was loaded with the model; attach it to this context as Llama does for its own.
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._gen._lora_adapter)
-            if llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, (ctypes.c_float * 1)(self._gen.lora_scale)):
-                raise BackendError(f"could not attach LoRA {self.options.lora_path} to the batched context")
         self._contexts.insert(0, ctx)  # closed before the Llama objects that own the model
         self._batch_ctx = (ctx, n_seq, cells)
         return ctx
@@ -423,12 +486,14 @@ class LlamaCppLLM:
             raise BackendError(f"llama_decode failed with code {code} ({n_running} sequences, {batch.n_tokens} "
                                "tokens in the batch); lower llm.options.parallel or n_batch")
 
-    def _decode_rows(self, rows: list[_Row], temperature: float, top_p: float, stop: list[str], seed: int) -> None:
+    def _decode_rows(self, rows: list[_Row], temperature: float, top_p: float, stop: list[str], seed: int,
+                     adapter: str | None = None) -> None:
         import llama_cpp
         from llama_cpp._internals import LlamaSampler
 
         n_seq = min(self.options.parallel, len(rows))
         ctx = self._batch_context(n_seq, max(len(r.ids) + r.max_new for r in rows))
+        self._attach(ctx.ctx, adapter)
         n_batch = llama_cpp.llama_n_batch(ctx.ctx)
         vocab = self._gen._model.vocab
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
@@ -527,7 +592,7 @@ class LlamaCppLLM:
                     row.sampler.close()
             llama_cpp.llama_batch_free(batch)
 
-    def _score(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+    def _score(self, prompt_ids: list[int], completion_ids: list[int], adapter: str | None = None) -> list[float]:
         """log p(completion token t | prompt, tokens < t) for every completion token.
 
         The prompt is evaluated once and kept in the scoring context: scoring further completions of the same
@@ -538,14 +603,19 @@ class LlamaCppLLM:
         if self._scorer is None:
             self._scorer = self._open(logits_all=True)
         llm = self._scorer
+        if not self._loras:
+            adapter = None  # lora_path (or nothing) was attached by Llama itself
+        key = (adapter, tuple(prompt_ids))
         start = len(prompt_ids)
         if start + len(completion_ids) > self.options.n_ctx:
             raise BackendError(f"prompt + completion = {start + len(completion_ids)} tokens > "
                                f"llm.options.n_ctx={self.options.n_ctx}")
-        if self._scored_prompt != tuple(prompt_ids):
+        if self._scored_prompt != key:
+            if self._loras and (not self._scored_prompt or self._scored_prompt[0] != adapter):
+                self._attach(llm._ctx.ctx, adapter)
             llm.reset()
             llm.eval(prompt_ids)
-            self._scored_prompt = tuple(prompt_ids)
+            self._scored_prompt = key
         llm.n_tokens = start  # drop the previous completion; llama.eval trims the KV cache from here
         if len(completion_ids) > 1:
             llm.eval(completion_ids[:-1])
@@ -560,7 +630,7 @@ class LlamaCppLLM:
                      adapter: AdapterArg = None) -> np.ndarray:
         if len(choices) < 2:
             raise BackendError(f"choice_probs needs at least two choices; got {list(choices)}")
-        self._check_adapter(adapter, len(prompts))
+        adapters = self._check_adapter(adapter, len(prompts))
         variants = []
         for c in choices:
             seqs = []
@@ -573,18 +643,18 @@ class LlamaCppLLM:
         for p, prompt in enumerate(prompts):
             ids = self.encode_prompt(prompt)
             for c, seqs in enumerate(variants):
-                mass[p, c] = sum(np.exp(sum(self._score(ids, s))) for s in seqs)
+                mass[p, c] = sum(np.exp(sum(self._score(ids, s, adapters[p]))) for s in seqs)
         return renormalise(mass)
 
     def sequence_logprob(self, prompts: Sequence[Prompt], completions: Sequence[str],
                          adapter: AdapterArg = None) -> list[SequenceLogprob]:
         if len(prompts) != len(completions):
             raise BackendError(f"sequence_logprob: {len(prompts)} prompts but {len(completions)} completions")
-        self._check_adapter(adapter, len(prompts))
+        adapters = self._check_adapter(adapter, len(prompts))
         out = []
-        for prompt, completion in zip(prompts, completions, strict=True):
+        for prompt, completion, name in zip(prompts, completions, adapters, strict=True):
             comp = self._tokens(completion)
-            logps = self._score(self.encode_prompt(prompt), comp) if comp else []
+            logps = self._score(self.encode_prompt(prompt), comp, name) if comp else []
             tokens = [self._gen.detokenize([t]).decode("utf-8", errors="replace") for t in comp]
             out.append(SequenceLogprob(total=float(sum(logps)), token_logps=logps, tokens=tokens))
         return out

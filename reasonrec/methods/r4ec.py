@@ -172,12 +172,15 @@ class ActorTrainSection(Section):
             un-tuned model of the kar row.
         epochs, learning_rate, batch_size, max_length: the SFT settings.
         infer_backend: the backend that runs the trained adapters at inference (§3.5): ``transformers``
-            (CPU/GPU) or ``vllm`` (GPU throughput, adapters served as LoRA requests).
+            (CPU/GPU), ``llamacpp`` (CPU: the adapters converted to GGUF once, cached by checksum; the bundled
+            base model only), ``vllm`` (GPU throughput, adapters served as LoRA requests) or ``auto`` (default):
+            llama.cpp where it is the faster path (CPU, llama-cpp-python installed, bundled base model), else
+            transformers (:func:`reasonrec.llm.lora_gguf.adapter_backend`; the choice is in the stage's info).
         infer_options: options of that backend (e.g. ``dtype``, ``batch_size``, ``gpu_memory_utilization``).
     """
 
     base_model: str = "smollm2-135m"
-    infer_backend: Literal["transformers", "vllm"] = "transformers"
+    infer_backend: Literal["auto", "transformers", "llamacpp", "vllm"] = "auto"
     infer_options: dict[str, Any] = {}
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(1e-4, gt=0)
@@ -268,8 +271,16 @@ def check(cfg: Config, checker) -> None:
     checker.data("data", cfg.data)
     checker.llm("teacher.name", cfg.teacher.name, cfg.teacher.backend, cfg.teacher.options)
     # the base model is trained on transformers, then served by train.infer_backend
-    checker.llm("train.base_model", cfg.train.base_model, cfg.train.infer_backend, cfg.train.infer_options,
-                trainable=True, backend_key="train.infer_backend", options_key="train.infer_options")
+    from ..llm.lora_gguf import adapter_backend
+
+    infer_backend = adapter_backend(cfg.train.infer_backend, cfg.train.base_model)[0]
+    before = len(checker.problems)
+    if infer_backend == "llamacpp":  # trained on transformers, served on llama.cpp: both must resolve
+        checker.llm("train.base_model", cfg.train.base_model, "transformers", {}, trainable=True)
+    if len(checker.problems) == before:  # a bad name is reported once
+        checker.llm("train.base_model", cfg.train.base_model, infer_backend, cfg.train.infer_options,
+                    trainable=infer_backend != "llamacpp", backend_key="train.infer_backend",
+                    options_key="train.infer_options")
     checker.encoder("rec.encoder", cfg.rec.encoder)
     checker.backbones("rec.backbones", cfg.rec.backbones)
 
@@ -419,13 +430,16 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
     if st.done:
         return st.info()["stats"]
     from ..llm.base import load_llm
+    from ..llm.lora_gguf import adapter_backend
 
     trained = {name: str(path) for name, path in adapters.items() if path is not None}
     trained = dict(sorted(trained.items()))
     cache = run.root / "llm_cache.sqlite"
-    if cfg.train.infer_backend == "vllm":  # vLLM registers LoRA adapters when the engine starts
-        llm = load_llm(cfg.train.base_model, backend="vllm", cache=cache, **{"adapters": trained,
-                                                                             **cfg.train.infer_options})
+    backend, why = adapter_backend(cfg.train.infer_backend, cfg.train.base_model)
+    run.log(f"infer: adapters served on {backend} ({why})")
+    if backend in ("vllm", "llamacpp"):  # both load the adapters with the model (llama.cpp: converted to GGUF)
+        llm = load_llm(cfg.train.base_model, backend=backend, cache=cache, **{"adapters": trained,
+                                                                              **cfg.train.infer_options})
     else:
         llm = load_llm(cfg.train.base_model, backend="transformers", cache=cache, **cfg.train.infer_options)
         for name, path in trained.items():
@@ -433,7 +447,7 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
     g = cfg.generation
     gen = steps.GenArgs(g.max_new_tokens, 0.0, g.max_attempts, cfg.data.seed, g.prime, constrain=_constrain(g, llm),
                         domain=ctx.domain)
-    _warn_unconstrained(run, g, gen, f"{cfg.train.infer_backend} {cfg.train.base_model}")
+    _warn_unconstrained(run, g, gen, f"{backend} {cfg.train.base_model}")
     stats, files = {}, []
     for side in ("user", "item"):
         ids, entities = ctx.entities(side)
@@ -441,7 +455,7 @@ def stage_infer(cfg: Config, run: RunDir, ctx, adapters: dict[str, Path | None])
         _warn_infer(run, side, texts, stats[side])
         io.write_parquet(st.path / f"{side}.parquet", pd.DataFrame({"entity_id": ids, **texts}))
         files.append(f"{side}.parquet")
-    st.complete(files, stats=stats)
+    st.complete(files, stats=stats, backend=backend)
     return stats
 
 
