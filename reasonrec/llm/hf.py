@@ -65,8 +65,8 @@ class TransformersOptions(Section):
         threads: torch CPU threads; ``None`` leaves torch's default.
         scheduler: how ``generate`` batches rows: ``static`` (length-sorted batches, one ``model.generate`` call
             each) or ``refill`` (rows leave the batch when they end and waiting rows take their slots,
-            :mod:`reasonrec.llm.hf_refill`). Default ``static``: see ``benchmarks/generation.py`` and the README
-            for the measurement.
+            :mod:`reasonrec.llm.hf_refill`). Default ``static`` until ``benchmarks/generation.py`` shows refill
+            faster on an idle machine (the issue-14 run on a loaded one did not finish; README "LLMs").
     """
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

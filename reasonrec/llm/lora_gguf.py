@@ -173,8 +173,9 @@ def adapter_backend(requested: str, base_model: str) -> tuple[str, str]:
 
     ``auto`` = llama.cpp where it is the measured faster path: no GPU, llama-cpp-python installed and the base
     model has a GGUF beside its Hugging Face weights (the bundled alias); otherwise transformers (vLLM is only
-    ever chosen explicitly). On this project's 2-core EPYC (AVX512-BF16, no AMX) llama.cpp BF16 generated ~2× the
-    tokens/s of transformers bf16 batches (``benchmarks/generation.py``, README "LLMs")."""
+    ever chosen explicitly). On this project's 2-core EPYC (AVX512-BF16, no AMX) R4ec's inference stage with its
+    adapters ran 2.83× faster on llama.cpp BF16 than on transformers bf16 (``benchmarks/r4ec_infer.py``, a loaded
+    machine; README "Benchmarks")."""
     if requested != "auto":
         return requested, "requested"
     import importlib.util
