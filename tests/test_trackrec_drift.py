@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from reasonrec.methods import run_experiment
@@ -16,7 +17,7 @@ from reasonrec.methods import run_experiment
 CONFIG = Path(__file__).parents[1] / "configs" / "trackrec" / "smoke.yaml"
 
 
-def _stage_lines(log: str) -> dict[str, str]:
+def stage_lines(log: str) -> dict[str, str]:
     """stage → "complete, skipped", "running" (new), or its "inputs changed ..." line when it was recomputed."""
     out: dict[str, str] = {}
     for name, status in re.findall(r"stage ([\w/.-]+): (complete, skipped|running|inputs changed[^\n]*)", log):
@@ -24,7 +25,7 @@ def _stage_lines(log: str) -> dict[str, str]:
     return out
 
 
-def _markers(run: Path) -> dict[str, float]:
+def markers(run: Path) -> dict[str, float]:
     """stage → mtime of its ``_SUCCESS.json``."""
     return {p.parent.relative_to(run).as_posix(): p.stat().st_mtime_ns for p in run.rglob("_SUCCESS.json")}
 
@@ -38,9 +39,11 @@ def _rerun(path: Path, run: Path, cfg: dict, data_dir: Path) -> tuple[dict, dict
     path.write_text(yaml.safe_dump(cfg))
     (run / "log.txt").unlink()
     summary = run_experiment(path, data_dir=data_dir)
-    return summary, _stage_lines((run / "log.txt").read_text())
+    return summary, stage_lines((run / "log.txt").read_text())
 
 
+@pytest.mark.slow  # three runs of one tiny round: ~100 s on 2 loaded cores (the default suite checks a late key
+# change at the end of tests/test_trackrec_run.py::test_one_round_killed_mid_feedback_resumes_without_resampling)
 def test_rerun_with_another_config_recomputes_only_what_reads_it(tmp_path, ml100k_dir):
     run = tmp_path / "run"
     cfg = {**yaml.safe_load(CONFIG.read_text()), "run_dir": str(run), "rounds": 1, "ablations": [],
@@ -50,13 +53,13 @@ def test_rerun_with_another_config_recomputes_only_what_reads_it(tmp_path, ml100
     first = run_experiment(path, data_dir=ml100k_dir)
     g1 = first["arms"]["trackrec"][1]["G"]
     assert g1 == "trackrec-G1", "round 1 kept no preference group: the test needs a trained G₁"
-    stages = set(_stage_lines((run / "log.txt").read_text()))
+    stages = set(stage_lines((run / "log.txt").read_text()))
     trains = {"train/G0", "train/trackrec-G1", "train/trackrec-V1"}
     llm = {"distill", "trackrec/r1/feedback", "cots/G0", f"cots/{g1}", "eval/G0-base", f"eval/{g1}-trackrec-V1",
            *trains}
     ctr = {"ctr/G0", f"ctr/{g1}", "ctr/none"}
     assert stages == {"data", "samples", "rectune/trackrec-V1", *llm, *ctr}
-    before, rows = _markers(run), _cache_rows(run)
+    before, rows = markers(run), _cache_rows(run)
 
     # A late key (the CTR seeds): only the CTR stages run again; no LLM call, no training
     cfg["rec"] = {**cfg["rec"], "seeds": [0, 1]}
@@ -64,7 +67,7 @@ def test_rerun_with_another_config_recomputes_only_what_reads_it(tmp_path, ml100
     changed = {s for s, v in lines.items() if v != "complete, skipped"}
     assert changed == ctr, lines
     assert all("(rec.seeds)" in lines[s] for s in ctr), lines
-    after = _markers(run)
+    after = markers(run)
     assert {s for s in before if after[s] != before[s]} == ctr
     assert _cache_rows(run) == rows
     preds = pd.read_parquet(run / "predictions.parquet")
@@ -78,7 +81,7 @@ def test_rerun_with_another_config_recomputes_only_what_reads_it(tmp_path, ml100
     for s in ("cots/G0", f"cots/{g1}", "eval/G0-base", f"eval/{g1}-trackrec-V1", *ctr):
         assert lines[s].startswith("inputs changed") and "samples/test.parquet" in lines[s], (s, lines[s])
     assert {s: lines[s] for s in trains} == dict.fromkeys(trains, "complete, skipped")
-    assert {s for s, m in _markers(run).items() if s in trains and m != after[s]} == set()
+    assert {s for s, m in markers(run).items() if s in trains and m != after[s]} == set()
     assert third["data"]["test"] == 14
     preds = pd.read_parquet(run / "predictions.parquet")
     assert preds.groupby(["model", "variant", "seed"]).size().eq(14).all()
