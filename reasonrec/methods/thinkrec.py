@@ -274,36 +274,52 @@ def stage_keywords(ctx: Ctx) -> None:
                  for r in ctx.tables.items.to_dict("records")}
 
 
-def stage_collab(ctx: Ctx) -> dict[str, np.ndarray]:
-    """MF (or LightGCN / SASRec) on the protocol's whole train split; its user and item embeddings; and the test
-    predictions of every classic baseline on the LLM's test samples."""
+def _classic(ctx: Ctx, st, name: str):
+    """Train classic model ``name`` on the protocol's whole train split; score the LLM's test samples into the
+    stage's ``predictions.parquet`` (column ``score``) and ``metrics.json``; returns the fitted model."""
     from ..rec.baselines import train as B
     from ..rec.baselines.data import eval_set
 
-    cfg = ctx.cfg
-    # the protocol's whole train split and tables ("data"), scored on the LLM's test samples ("samples"); the
-    # classic baselines asked for are trained here too (the LLM baselines are not read)
-    st = ctx.run.stage("collab", after=["data", "samples"], depends={
-        **config_fields(cfg, "collab.model", "collab.dim", "collab.time_budget_s", "data.seed"),
-        "baselines": [b for b in cfg.baselines if b in CLASSIC]})
+    c = ctx.cfg.collab
+    ev = eval_set(ctx.splits.test, 50)
+    bc = B.BaselineConfig(dim=c.dim, time_budget_s=c.time_budget_s, seed=ctx.cfg.data.seed)
+    metrics, rec = B.train_baseline(name, ctx.full, ctx.tables, bc, return_model=True)
+    io.write_parquet(st.path / "predictions.parquet", pd.DataFrame({"score": rec.score(ev.user_ids, ev.item_ids,
+                                                                                       ev.hist)}))
+    io.write_json(st.path / "metrics.json", {name: metrics})
+    return rec
+
+
+def _classic_depends(ctx: Ctx) -> dict[str, Any]:
+    # the protocol's whole train split and tables ("data"), scored on the LLM's test samples ("samples")
+    return config_fields(ctx.cfg, "collab.dim", "collab.time_budget_s", "data.seed")
+
+
+def stage_collab(ctx: Ctx) -> dict[str, Any]:
+    """MF (or LightGCN / SASRec) on the protocol's whole train split: its user and item embeddings (the soft
+    tokens' and the gate's input) and its test predictions."""
+    st = ctx.run.stage("collab", after=["data", "samples"],
+                       depends={**_classic_depends(ctx), **config_fields(ctx.cfg, "collab.model")})
     if not st.done:
-        test = ctx.splits.test
-        ev = eval_set(test, 50)
-        preds, metrics = {}, {}
-        names = list(dict.fromkeys([cfg.collab.model, *[b for b in cfg.baselines if b in CLASSIC]]))
-        for name in names:
-            bc = B.BaselineConfig(dim=cfg.collab.dim, time_budget_s=cfg.collab.time_budget_s, seed=cfg.data.seed)
-            m, rec = B.train_baseline(name, ctx.full, ctx.tables, bc, return_model=True)
-            preds[name] = rec.score(ev.user_ids, ev.item_ids, ev.hist)
-            metrics[name] = m
-            if name == cfg.collab.model:
-                np.save(st.path / "user_emb.npy", rec.user_embeddings().astype(np.float32))
-                np.save(st.path / "item_emb.npy", rec.item_embeddings().astype(np.float32))
-        io.write_parquet(st.path / "predictions.parquet", pd.DataFrame(preds))
-        io.write_json(st.path / "metrics.json", metrics)
+        rec = _classic(ctx, st, ctx.cfg.collab.model)
+        np.save(st.path / "user_emb.npy", rec.user_embeddings().astype(np.float32))
+        np.save(st.path / "item_emb.npy", rec.item_embeddings().astype(np.float32))
         st.complete(["user_emb.npy", "item_emb.npy", "predictions.parquet", "metrics.json"])
-    return {"user": np.load(st.path / "user_emb.npy"), "item": np.load(st.path / "item_emb.npy"),
-            "preds": pd.read_parquet(st.path / "predictions.parquet")}
+    return {"user": np.load(st.path / "user_emb.npy"), "item": np.load(st.path / "item_emb.npy")}
+
+
+def stage_baseline(ctx: Ctx, name: str) -> tuple[np.ndarray, dict]:
+    """A classic baseline's scores of the LLM's test samples and its protocol metrics (``collab.model``: the
+    collab stage's model, not trained twice)."""
+    if name == ctx.cfg.collab.model:
+        st = ctx.run.stage("collab")   # a look-up: stage_collab ran first
+    else:
+        st = ctx.run.stage(f"baseline/{name}", after=["data", "samples"], depends=_classic_depends(ctx))
+        if not st.done:
+            _classic(ctx, st, name)
+            st.complete(["predictions.parquet", "metrics.json"])
+    return (pd.read_parquet(st.path / "predictions.parquet")["score"].to_numpy(),
+            json.loads((st.path / "metrics.json").read_text())[name])
 
 
 def _teacher(ctx: Ctx):
@@ -617,6 +633,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     ctx = stage_samples(cfg, run_dir)
     stage_keywords(ctx)
     emb = stage_collab(ctx)
+    classic = {b: stage_baseline(ctx, b) for b in cfg.baselines if b in CLASSIC}
     reasons = stage_reasons(ctx)
     arms = variants(cfg)
     loras, data, experts, projectors = {}, {}, {}, {}
@@ -638,8 +655,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     groups = R.user_subgroups(test, ctx.full.train, cfg.results.activity_edges)[["user_type"]]
     frames = [R.prediction_frame("thinkrec", a, 0, e["preds"]["user_id"], e["preds"]["label"], e["preds"]["score"],
                                  groups) for a, e in evals.items()]
-    frames += [R.prediction_frame("thinkrec", b, 0, test["user_id"], test["label"], emb["preds"][b], groups)
-               for b in cfg.baselines if b in CLASSIC]
+    frames += [R.prediction_frame("thinkrec", b, 0, test["user_id"], test["label"], classic[b][0], groups)
+               for b in classic]
     io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(frames, ignore_index=True))
     section = cfg.results if cfg.results.reference in arms or cfg.results.reference in cfg.baselines else \
         cfg.results.model_copy(update={"reference": arms[0]})
@@ -648,7 +665,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     details = {"method": "thinkrec", "data": data_info, "reason_synthesis": reasons["stats"],
                "routes": {a: e["routes"] for a, e in evals.items()}, "reason_quality": quality,
                "score": cfg.train.score, "no_both_is_collm": "no_both" in cfg.ablations and "collm" in arms,
-               "classic": json.loads((run_dir.stage("collab").path / "metrics.json").read_text())}
+               "classic": {b: m for b, (_, m) in classic.items()}}
     full = ctx.splits
     res = R.build_results(
         pd.read_parquet(run_dir.root / "predictions.parquet"), section, method="thinkrec", dataset=full.dataset,
