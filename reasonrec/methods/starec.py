@@ -454,18 +454,28 @@ def _rank_batches(ctx: Ctx, llm, adapter, prompts, lists, desc: str, n: int = 1,
     return out
 
 
+def _memory_rank_stage(ctx: Ctx, name: str, agent: str, mode: str, *fields: str) -> tuple[Any, dict[int, dict]]:
+    """Stage ``name``: ``agent`` ranks every test list from its users' memories after their ``mode`` test replay
+    (run first: its memories are this stage's input); ``fields``: what it reads besides a ranking's."""
+    replayed = stage_replay(ctx, agent, mode, "test")
+    st = ctx.run.stage(name, after=["data", "samples", f"replay/{agent}-{mode}/test", *_agent_stages(agent)],
+                       depends={**_agent_reads(ctx.cfg, agent), **config_fields(
+                           ctx.cfg, "eval.rank_tokens", "subset.history_len", "data.seed", *fields)})
+    return st, replayed
+
+
+def _memory_prompts(ctx: Ctx, replayed: dict[int, dict], lists: list[dict]) -> list:
+    mems = {u: final_memory(r) for u, r in replayed.items()}
+    return [steps.rank_prompt(ctx.domain, mems[x["user_id"]].fields(ctx.cfg.subset.history_len), x["cands"])
+            for x in lists]
+
+
 def stage_rank(ctx: Ctx, agent: str, mode: str) -> pd.DataFrame:
     """§4.1.2 fast thinking of ``agent`` on every test list, from the user's memory after its replay."""
-    replayed = stage_replay(ctx, agent, mode, "test")
-    st = ctx.run.stage(f"rank/{agent}-{mode}", after=["data", "samples", f"replay/{agent}-{mode}/test",
-                                                       *_agent_stages(agent)], depends={
-        **_agent_reads(ctx.cfg, agent), **config_fields(ctx.cfg, "eval.rank_tokens", "subset.history_len",
-                                                        "data.seed")})
+    st, replayed = _memory_rank_stage(ctx, f"rank/{agent}-{mode}", agent, mode)
     if not st.done:
-        mems = {u: final_memory(r) for u, r in replayed.items()}
         lists = _test_lists(ctx)
-        prompts = [steps.rank_prompt(ctx.domain, mems[x["user_id"]].fields(ctx.cfg.subset.history_len), x["cands"])
-                   for x in lists]
+        prompts = _memory_prompts(ctx, replayed, lists)
         llm, adapter = ctx.agent(agent)
         stats = steps.RankStats()
         outs = [o[0] for o in _rank_batches(ctx, llm, adapter, prompts, lists, f"rank {agent}-{mode}", stats=stats)]
@@ -487,16 +497,11 @@ def stage_best_of_n(ctx: Ctx, agent: str) -> pd.DataFrame:
     """§5.3.4: N rankings per test list sampled at ``eval.best_of_temperature``; the list keeps the one whose
     positive ranks best (an oracle: it reads the label, as the paper's metric does)."""
     e = ctx.cfg.eval
-    replayed = stage_replay(ctx, agent, "reflect", "test")
-    st = ctx.run.stage(f"best_of_{e.best_of_n}/{agent}", after=["data", "samples", f"replay/{agent}-reflect/test",
-                                                                 *_agent_stages(agent)], depends={
-        **_agent_reads(ctx.cfg, agent), **config_fields(ctx.cfg, "eval.rank_tokens", "eval.best_of_temperature",
-                                                        "subset.history_len", "data.seed")})
+    st, replayed = _memory_rank_stage(ctx, f"best_of_{e.best_of_n}/{agent}", agent, "reflect",
+                                      "eval.best_of_temperature")
     if not st.done:
-        mems = {u: final_memory(r) for u, r in replayed.items()}
         lists = _test_lists(ctx)
-        prompts = [steps.rank_prompt(ctx.domain, mems[x["user_id"]].fields(ctx.cfg.subset.history_len), x["cands"])
-                   for x in lists]
+        prompts = _memory_prompts(ctx, replayed, lists)
         llm, adapter = ctx.agent(agent)
         stats = steps.RankStats()
         outs = _rank_batches(ctx, llm, adapter, prompts, lists, f"best of {e.best_of_n} {agent}", n=e.best_of_n,
