@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +42,7 @@ from ..llm.engine import EngineSection
 from ..llm.prompts import sample_fields
 from ..runs import RunDir, config_fields, package_versions
 from . import trackrec_steps as steps
-from .common import prepare_splits, train_knowledge_backbones
+from .common import prepare_splits, train_knowledge_backbones, training_stage
 
 # arm → (distillation, alignment, Rec-tuning)
 ARMS = {"trackrec": (True, True, True), "no_align": (True, False, True), "no_distill": (False, True, True),
@@ -293,12 +292,8 @@ def _train(ctx: Ctx, name: str, section: str, init: str | None, data_stage: str,
     """Stage ``train/<name>``: one LoRA training on ``data`` (of ``data_stage``), continuing from adapter ``init``.
     The stage folder is the trainer's output_dir, so a killed training resumes from its checkpoint and a changed
     fingerprint clears it (checkpoints included) before training again."""
-    cfg, folder = ctx.cfg, ctx.run.root / "train" / name
-    if folder.exists() and not any((folder / m).exists() for m in ("_SUCCESS.json", "_STARTED.json")):
-        # a training of a reasonrec before training stages: no record of its inputs, so it is not trusted
-        ctx.run.log(f"stage train/{name}: no record of the config it was trained under; training it again")
-        shutil.rmtree(folder)
-    st = ctx.run.stage(f"train/{name}", after=[data_stage, *_adapter_stages(init)], depends={
+    cfg = ctx.cfg
+    st = training_stage(ctx.run, name, after=[data_stage, *_adapter_stages(init)], depends={
         **config_fields(cfg, "model.name", "model.max_length", "model.lora_r", "model.lora_alpha", "data.seed"),
         **config_fields(cfg, *(f"{section}.{k}" for k in TrainerSection.model_fields)),
         **config_fields(cfg, *(f"{section}.{k}" for k in reads)),
