@@ -84,7 +84,11 @@ def test_trackrec_plans_the_stages_its_run_announces():
     # no_align's G stays G₀ (its CoTs are trackrec's round-0 ones), no_rectune's V stays the base
     assert "cots/no_align-G1" not in names and "eval/G0-no_align-V1" in names
     assert "eval/no_rectune-G1-base" in names and "eval/base-base" in names
-    assert names[-3:] == ["eval/none-base", "rectune/tallrec", "eval/none-tallrec"]
+    assert names[-4:] == ["eval/none-base", "rectune/tallrec", "train/tallrec", "eval/none-tallrec"]
+    # every training is a stage, after the stage that writes its data; a CoT set before the stages that read it
+    assert names.index("distill") < names.index("train/G0") < names.index("cots/G0") < names.index("eval/G0-base")
+    assert names.index("trackrec/r1/feedback") < names.index("train/trackrec-G1") < names.index(
+        "cots/trackrec-G1") < names.index("rectune/trackrec-V1") < names.index("train/trackrec-V1")
 
 
 class MuteTeacher(_r4ec_teacher.HashTeacher):

@@ -1,7 +1,8 @@
 """STARec end to end on real ML-100K lists with the tiny random model (real tokenizer) as teacher and agent.
 
 - The slow-thinking replay, SIGKILLed after some users were committed and resumed: no committed user is replayed
-  again, their memory lines are byte-identical, every user ends with one record and versions 0..k.
+  again, their memory lines are byte-identical, every user ends with one record and versions 0..k. Then a late
+  config key (a classic baseline's hyper-parameter) changes: only that baseline's stage runs again, no LLM call.
 - configs/starec/smoke.yaml as shipped: every stage (teacher replay, screening + rethink, SFT, GRPO with both
   rewards, w/o SFT, test replays, rankings, Best of N, LLMRank, AgentCF, the classic baselines) and one results
   table on the same test users and negatives.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_trackrec_drift import markers, stage_lines
 
 from reasonrec.eval.results import read_results
 from reasonrec.methods import run_experiment
@@ -42,7 +45,7 @@ def _config(tmp_path: Path, **changes) -> Path:
 
 
 def test_replay_killed_mid_stage_resumes_without_replaying_a_user(tmp_path, ml100k_dir, monkeypatch):
-    path = _config(tmp_path, **{"variants": ["teacher"], "baselines": [], "subset.test_users": 3,
+    path = _config(tmp_path, **{"variants": ["teacher"], "baselines": ["pop"], "subset.test_users": 3,
                                 "eval.best_of_n": 0})
     memories = tmp_path / "run" / "replay" / "teacher-reflect" / "test" / "memories.jsonl"
     code = "import sys; from reasonrec.methods import run_experiment; run_experiment(sys.argv[1])"
@@ -79,8 +82,27 @@ def test_replay_killed_mid_stage_resumes_without_replaying_a_user(tmp_path, ml10
     assert mem["user_id"].nunique() == 3
     for _, g in mem.groupby("user_id"):
         assert g["version"].tolist() == list(range(len(g))) and g["cause"].iloc[0] == "init"
-    res, _ = read_results(tmp_path / "run")
-    assert {r.variant for r in res.rows} == {"teacher"}
+    run = tmp_path / "run"
+    res, _ = read_results(run)
+    assert {r.variant for r in res.rows} == {"teacher", "pop"}
+
+    # config drift: a baseline's hyper-parameter is read by baseline/pop alone; the replay and ranking are skipped
+    before, rows = markers(run), _cache_rows(run)
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "baseline": {**raw.get("baseline", {}), "weight_decay": 1e-4}}))
+    (run / "log.txt").unlink()
+    replayed.clear()
+    run_experiment(path, data_dir=ml100k_dir)
+    lines = stage_lines((run / "log.txt").read_text())
+    assert {s for s, v in lines.items() if v != "complete, skipped"} == {"baseline/pop"}, lines
+    assert "(baseline)" in lines["baseline/pop"] and not replayed
+    assert {s for s, m in markers(run).items() if m != before[s]} == {"baseline/pop"}
+    assert _cache_rows(run) == rows
+
+
+def _cache_rows(run: Path) -> int:
+    with sqlite3.connect(run / "llm_cache.sqlite") as conn:
+        return conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
 
 @pytest.mark.slow

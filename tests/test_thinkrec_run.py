@@ -3,7 +3,9 @@
 - Default: every stage kind (keywords, MF, reasoning synthesis, think + label LoRAs, experts, projectors, routed
   scoring, generated reasons, reason metrics) with one ablation and two baselines, SIGKILLed while the teacher
   writes reasons and resumed in-process: no teacher row committed before the kill is generated again; the
-  LoRAs, experts and projector were really trained; results.json holds every arm on the same test samples.
+  LoRAs, experts and projector were really trained; results.json holds every arm on the same test samples. Then a
+  late config key (the gate's temperature) changes: only the scoring of the arm with experts runs again; no
+  teacher call, no training.
 - ``slow``: configs/thinkrec/smoke.yaml as shipped (all ablations and baselines).
 """
 
@@ -18,6 +20,7 @@ import pytest
 import torch
 import yaml
 from _kill import kill_in_stage
+from test_trackrec_drift import markers, stage_lines
 
 from reasonrec.eval.results import read_results
 from reasonrec.llm import cache
@@ -103,6 +106,25 @@ def test_killed_during_reason_synthesis_resumes_and_every_stage_runs(tmp_path, m
     q = summary["reason_quality"]["thinkrec"]
     assert q["n"] == 4 and 0 <= q["bertscore"] <= 1 and q["rouge_l"] is not None
     assert "| thinkrec |" in (run / "results.md").read_text()
+
+    # config drift: the gate's temperature is read when scoring the arm with experts only (its reason metrics
+    # follow when its generated reasons changed); the teacher, the data and every training are skipped
+    before, rows = markers(run), _rows(run / "llm_cache.sqlite")
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "experts": {**raw.get("experts", {}), "tau": 0.5}}))
+    (run / "log.txt").unlink()
+    n_written = len(written)
+    again = run_experiment(path, data_dir=ml100k_dir)
+    lines = stage_lines((run / "log.txt").read_text())
+    changed = {s for s, v in lines.items() if v != "complete, skipped"}
+    assert "eval/thinkrec" in changed and changed <= {"eval/thinkrec", "reason_quality/thinkrec"}, lines
+    assert "(experts.tau)" in lines["eval/thinkrec"]
+    assert {s for s, m in markers(run).items() if m != before[s]} == changed
+    assert len(written) == n_written and _rows(run / "llm_cache.sqlite") == rows
+    assert {s for s in lines if s.startswith("train/")} == {
+        "train/lora-think", "train/lora-label", "train/experts-think", "train/projector-think",
+        "train/projector-label"}
+    assert again["routes"]["no_experts"] == summary["routes"]["no_experts"]
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """TrackRec end to end on real ML-100K samples with the tiny random model (real tokenizer) as teacher, G and V.
 
 - One full round, SIGKILLed while round 1 samples CoTs and resumed in-process: no CoT (or V score) is computed
-  twice; G and V were really trained (their LoRA weights changed; G₁ differs from its reference G₀).
+  twice; G and V were really trained (their LoRA weights changed; G₁ differs from its reference G₀). Then a
+  late config key changes: only the stages that read it run again (tests/test_trackrec_drift.py: more keys).
 - ``slow``: configs/trackrec/smoke.yaml as shipped (two rounds, ablations, baselines): round 2 continues from
   round 1; every arm and baseline is evaluated on the same test samples.
 """
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_trackrec_drift import markers as _markers
+from test_trackrec_drift import stage_lines
 
 from reasonrec.eval.results import read_results
 from reasonrec.llm import cache
@@ -121,6 +124,22 @@ def test_one_round_killed_mid_feedback_resumes_without_resampling(tmp_path, ml10
     (delta,) = [d for d in res.deltas if (d.model, d.metric, d.subgroup) == ("validator", "auc", "all")]
     assert delta.variant == "trackrec/r1" and delta.reference == "trackrec/r0"
     assert delta.value == pytest.approx(r1["v_auc"] - r0["v_auc"])
+
+    # config drift: another late key (the CTR seeds) recomputes the CTR stages only; no LLM row, no training
+    before = _markers(run)
+    cfg = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**cfg, "rec": {**cfg["rec"], "seeds": [0, 1]}}))
+    (run / "log.txt").unlink()
+    n_written = len(written)
+    again = run_experiment(path, data_dir=ml100k_dir)
+    lines = stage_lines((run / "log.txt").read_text())
+    ctr = {"ctr/G0", "ctr/trackrec-G1"}
+    assert {s for s, v in lines.items() if v != "complete, skipped"} == ctr, lines
+    assert all("(rec.seeds)" in lines[s] for s in ctr) and len(written) == n_written
+    after = _markers(run)
+    assert {s for s in before if after[s] != before[s]} == ctr
+    assert again["arms"]["trackrec"][1]["v_auc"] == r1["v_auc"]   # V's scores were not recomputed
+    assert set(pd.read_parquet(run / "predictions.parquet").query("model == 'din'")["seed"]) == {0, 1}
 
 
 @pytest.mark.slow

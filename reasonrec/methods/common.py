@@ -5,6 +5,7 @@ stage with an optional user/item subset, the prompt fields of users and items, a
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ from ..data import Splits, load_tables, make_splits
 from ..data.tables import Tables
 from ..errors import DataError
 from ..llm.prompts import item_fields, sample_fields
-from ..runs import RunDir, config_fields
+from ..runs import RunDir, Stage, config_fields
 
 Window = Literal["pre_sample", "train"]
 
@@ -262,6 +263,18 @@ def prepare_splits(data: DataSection, run: RunDir, subset=None) -> KnowledgeCont
                                     "window": subset.knowledge_window,
                                     "neighbour_history_len": subset.neighbour_history_len}
     return KnowledgeContext(tables, splits, threshold, seed=data.seed, **kw)
+
+
+def training_stage(run: RunDir, name: str, *, depends: dict[str, Any], after: list[str]) -> Stage:
+    """Stage ``train/<name>``: one training whose folder is the trainer's output_dir, so a killed training
+    resumes from its checkpoint and a changed fingerprint clears it (checkpoints included) before training again;
+    its artifacts' checksums are what the stages that use the trained weights see. A folder of a reasonrec before
+    training stages has no record of the config it was trained under: it is not trusted and trained again."""
+    folder = run.root / "train" / name
+    if folder.exists() and not any((folder / m).exists() for m in ("_SUCCESS.json", "_STARTED.json")):
+        run.log(f"stage train/{name}: no record of the config it was trained under; training it again")
+        shutil.rmtree(folder)
+    return run.stage(f"train/{name}", depends=depends, after=after)
 
 
 def holdout_last(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:

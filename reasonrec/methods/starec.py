@@ -64,9 +64,9 @@ from ..llm import parsers
 from ..llm.base import LLMSection
 from ..llm.prompts import item_fields
 from ..progress import describe
-from ..runs import RunDir, package_versions
+from ..runs import RunDir, config_fields, package_versions
 from . import starec_steps as steps
-from .common import prepare_splits
+from .common import prepare_splits, training_stage
 
 Variant = Literal["teacher", "sft", "starec", "no_reflection", "no_sft", "llmrank", "agentcf"]
 Baseline = Literal["pop", "bpr", "bpr_full", "gru4rec", "gru4rec_full", "sasrec", "sasrec_full"]
@@ -232,8 +232,8 @@ class Ctx:
         return self._llm
 
     def teacher(self):
-        t, m = self.cfg.teacher, self.cfg.model
-        if t.name == m.name and t.backend in ("auto", m.backend) and not t.options and t.cache is None:
+        t = self.cfg.teacher
+        if teacher_is_model(self.cfg):
             return self.llm()   # same model: one copy in memory (its cache rows are the same either way)
         if self._teacher is None:
             from ..llm.base import load_llm
@@ -264,10 +264,46 @@ class Ctx:
         return sample_fields(row, self.kctx._items, self.kctx._users, like_threshold=self.kctx.like_threshold)
 
 
+# ---------------------------------------------------------------------------------------------- fingerprints
+# Every producing stage names the config fields it reads and the stages whose artifacts it reads (runs.py), so a
+# changed key recomputes exactly the stages that read it and everything downstream. Each training is a stage
+# (``train/<agent>``, the trainer's output_dir) whose adapter checksum the stages calling that agent see. Batch
+# sizes of inference (``replay.batch_users`` outside AgentCF, ``eval.batch_size``) are not inputs: every call is
+# per prompt and cached by prompt.
+
+def teacher_is_model(cfg: Config) -> bool:
+    """The teacher is the agent's base model (one copy in memory, loaded with the model's options)."""
+    t, m = cfg.teacher, cfg.model
+    return t.name == m.name and t.backend in ("auto", m.backend) and not t.options and t.cache is None
+
+
+def _agent_reads(cfg: Config, agent: str) -> dict[str, Any]:
+    """The served model of an agent: the teacher's fields (and the model's when it is the base model), or the base
+    model's for the base model and every trained adapter."""
+    model = config_fields(cfg, "model.name", "model.backend", "model.options")
+    if agent != "teacher":
+        return model
+    return {**config_fields(cfg, "teacher.name", "teacher.backend", "teacher.options"),
+            **(model if teacher_is_model(cfg) else {})}
+
+
+def _agent_stages(agent: str) -> list[str]:
+    """The training stage of a trained agent (none for the teacher and the base model)."""
+    return [] if agent in ("teacher", "base") else [f"train/{agent}"]
+
+
+def _train_reads(cfg: Config, section: str, *fields: str) -> dict[str, Any]:
+    """What a LoRA training reads: the base model, its LoRA shape, the seed and its section's fields."""
+    return {**config_fields(cfg, "model.name", "model.max_length", "model.lora_r", "model.lora_alpha", "data.seed"),
+            **config_fields(cfg, *(f"{section}.{f}" for f in fields))}
+
+
 def stage_samples(cfg: Config, run: RunDir) -> Ctx:
     """The starec protocol's lists (→ seeded subsets of its train and test users)."""
     kctx = prepare_splits(cfg.data, run)
-    st, s = run.stage("samples"), cfg.subset
+    st = run.stage("samples", after=["data"], depends=config_fields(
+        cfg, "subset.train_users", "subset.test_users", "data.seed"))
+    s = cfg.subset
     if not st.done:
         rng = np.random.default_rng(cfg.data.seed)
         parts = {}
@@ -347,7 +383,12 @@ def stage_replay(ctx: Ctx, agent: str, mode: str, split: str) -> dict[int, dict]
     """§4.1.3 slow thinking of ``agent`` over the ``split`` users (``mode``: ``reflect`` or ``append``). Resumable:
     each user's versions and samples are committed (one fsynced line) when its replay ends; a resumed run skips
     committed users and re-asks the cache for the rest. Returns user → record."""
-    cfg, st = ctx.cfg, ctx.run.stage(f"replay/{agent}-{mode}/{split}")
+    cfg = ctx.cfg
+    # the users' lists ("samples") and their histories, items and seen sets (the tables: "data" stands for them)
+    st = ctx.run.stage(f"replay/{agent}-{mode}/{split}", after=["data", "samples", *_agent_stages(agent)], depends={
+        **_agent_reads(cfg, agent), **config_fields(
+            cfg, "replay.steps", "replay.candidates", "replay.rank_tokens", "replay.memory_tokens",
+            "replay.temperature", "subset.history_len", "data.seed")})
     store = steps.MemoryStore(st.path / "memories.jsonl")
     if not st.done:
         rp = cfg.replay
@@ -413,14 +454,28 @@ def _rank_batches(ctx: Ctx, llm, adapter, prompts, lists, desc: str, n: int = 1,
     return out
 
 
+def _memory_rank_stage(ctx: Ctx, name: str, agent: str, mode: str, *fields: str) -> tuple[Any, dict[int, dict]]:
+    """Stage ``name``: ``agent`` ranks every test list from its users' memories after their ``mode`` test replay
+    (run first: its memories are this stage's input); ``fields``: what it reads besides a ranking's."""
+    replayed = stage_replay(ctx, agent, mode, "test")
+    st = ctx.run.stage(name, after=["data", "samples", f"replay/{agent}-{mode}/test", *_agent_stages(agent)],
+                       depends={**_agent_reads(ctx.cfg, agent), **config_fields(
+                           ctx.cfg, "eval.rank_tokens", "subset.history_len", "data.seed", *fields)})
+    return st, replayed
+
+
+def _memory_prompts(ctx: Ctx, replayed: dict[int, dict], lists: list[dict]) -> list:
+    mems = {u: final_memory(r) for u, r in replayed.items()}
+    return [steps.rank_prompt(ctx.domain, mems[x["user_id"]].fields(ctx.cfg.subset.history_len), x["cands"])
+            for x in lists]
+
+
 def stage_rank(ctx: Ctx, agent: str, mode: str) -> pd.DataFrame:
     """§4.1.2 fast thinking of ``agent`` on every test list, from the user's memory after its replay."""
-    st = ctx.run.stage(f"rank/{agent}-{mode}")
+    st, replayed = _memory_rank_stage(ctx, f"rank/{agent}-{mode}", agent, mode)
     if not st.done:
-        mems = {u: final_memory(r) for u, r in stage_replay(ctx, agent, mode, "test").items()}
         lists = _test_lists(ctx)
-        prompts = [steps.rank_prompt(ctx.domain, mems[x["user_id"]].fields(ctx.cfg.subset.history_len), x["cands"])
-                   for x in lists]
+        prompts = _memory_prompts(ctx, replayed, lists)
         llm, adapter = ctx.agent(agent)
         stats = steps.RankStats()
         outs = [o[0] for o in _rank_batches(ctx, llm, adapter, prompts, lists, f"rank {agent}-{mode}", stats=stats)]
@@ -442,12 +497,11 @@ def stage_best_of_n(ctx: Ctx, agent: str) -> pd.DataFrame:
     """§5.3.4: N rankings per test list sampled at ``eval.best_of_temperature``; the list keeps the one whose
     positive ranks best (an oracle: it reads the label, as the paper's metric does)."""
     e = ctx.cfg.eval
-    st = ctx.run.stage(f"best_of_{e.best_of_n}/{agent}")
+    st, replayed = _memory_rank_stage(ctx, f"best_of_{e.best_of_n}/{agent}", agent, "reflect",
+                                      "eval.best_of_temperature")
     if not st.done:
-        mems = {u: final_memory(r) for u, r in stage_replay(ctx, agent, "reflect", "test").items()}
         lists = _test_lists(ctx)
-        prompts = [steps.rank_prompt(ctx.domain, mems[x["user_id"]].fields(ctx.cfg.subset.history_len), x["cands"])
-                   for x in lists]
+        prompts = _memory_prompts(ctx, replayed, lists)
         llm, adapter = ctx.agent(agent)
         stats = steps.RankStats()
         outs = _rank_batches(ctx, llm, adapter, prompts, lists, f"best of {e.best_of_n} {agent}", n=e.best_of_n,
@@ -460,7 +514,9 @@ def stage_best_of_n(ctx: Ctx, agent: str) -> pd.DataFrame:
 
 def stage_llmrank(ctx: Ctx) -> pd.DataFrame:
     """LLMRank (Hou et al., ECIR'24): the base model ranks from the history alone, zero-shot."""
-    st = ctx.run.stage("rank/llmrank")
+    st = ctx.run.stage("rank/llmrank", after=["data", "samples"], depends={
+        **_agent_reads(ctx.cfg, "base"), **config_fields(ctx.cfg, "eval.rank_tokens", "subset.history_len",
+                                                         "data.seed")})
     if not st.done:
         lists = _test_lists(ctx)
         prompts = [steps.llmrank_prompt(ctx.user_fields(x["row"])["history"][-ctx.cfg.subset.history_len:],
@@ -477,7 +533,11 @@ def stage_agentcf(ctx: Ctx) -> pd.DataFrame:
     """AgentCF (module docstring): user and item agents' memories from the test users' last interactions, then the
     user agent ranks each test list. Resumable through the LLM cache (every call is greedy and cached, so a re-run
     rebuilds the same memories without new generations)."""
-    st = ctx.run.stage("rank/agentcf")
+    # the replayed steps' negatives come from replay.candidates; item memories are updated per replay.batch_users
+    st = ctx.run.stage("rank/agentcf", after=["data", "samples"], depends={
+        **_agent_reads(ctx.cfg, "base"), **config_fields(
+            ctx.cfg, "agentcf.steps", "agentcf.reflect_tokens", "replay.candidates", "replay.batch_users",
+            "eval.rank_tokens", "subset.history_len", "data.seed")})
     if not st.done:
         a, hl = ctx.cfg.agentcf, ctx.cfg.subset.history_len
         llm, adapter = ctx.agent("base")
@@ -536,7 +596,8 @@ def stage_baseline(ctx: Ctx, name: str) -> pd.DataFrame:
     """A classic baseline trained on the protocol's samples (``_full``: all interactions), scoring the test lists."""
     from ..rec.baselines import BaselineConfig, eval_set, train_baseline
 
-    st = ctx.run.stage(f"baseline/{name}")
+    st = ctx.run.stage(f"baseline/{name}", after=["data", "samples"],
+                       depends=config_fields(ctx.cfg, "baseline", "data.seed"))
     if not st.done:
         cfg = BaselineConfig(**{"seed": ctx.cfg.data.seed, **ctx.cfg.baseline})
         metrics, rec = train_baseline(name, ctx.kctx.splits, ctx.kctx.tables, cfg, return_model=True)
@@ -560,11 +621,14 @@ def _sys_user(chat: list[dict]) -> tuple[str | None, str]:
 def stage_sft_data(ctx: Ctx) -> dict:
     """§4.2.1: the teacher's replay of the train users (rankings with CoT, reflections) → screening → up to
     ``sft.max_rethink`` "prompt error + rethink" rounds for the rejected ones → ``sft.parquet``."""
-    st = ctx.run.stage("sft_data")
+    recs = stage_replay(ctx, "teacher", "reflect", "train")
+    st = ctx.run.stage("sft_data", after=["replay/teacher-reflect/train"], depends={
+        **_agent_reads(ctx.cfg, "teacher"), **config_fields(
+            ctx.cfg, "sft.ndcg_threshold", "sft.max_rethink", "sft.rethink_temperature", "replay.rank_tokens",
+            "replay.memory_tokens", "data.seed")})
     if st.done:
         return st.info()
     s, cfg = ctx.cfg.sft, ctx.cfg
-    recs = stage_replay(ctx, "teacher", "reflect", "train")
     cands: list[dict] = []
     for rec in recs.values():
         for r in rec["rank_samples"]:
@@ -634,22 +698,28 @@ def train_sft_agent(ctx: Ctx) -> str:
     from ..train.sft import train_sft
 
     stage_sft_data(ctx)
-    ctx.release()
-    s = ctx.cfg.sft
-    cfg = SFTConfig.model_validate({**_lora(ctx, "sft", None, ctx.run.stage("sft_data").path / "sft.parquet",
-                                            s.learning_rate, s.epochs, s.batch_size, s.save_steps),
-                                    "system_column": "system"})
-    ctx.adapters["sft"] = train_sft(cfg).adapter_dir
+    st = training_stage(ctx.run, "sft", after=["sft_data"], depends=_train_reads(
+        ctx.cfg, "sft", "learning_rate", "epochs", "batch_size"))
+    if not st.done:
+        ctx.release()
+        s = ctx.cfg.sft
+        cfg = SFTConfig.model_validate({**_lora(ctx, "sft", None, ctx.run.stage("sft_data").path / "sft.parquet",
+                                                s.learning_rate, s.epochs, s.batch_size, s.save_steps),
+                                        "system_column": "system"})
+        st.complete(["adapter", "train_log.json"], skipped=train_sft(cfg).skipped)
+    ctx.adapters["sft"] = st.path / "adapter"
     return "sft"
 
 
 def stage_grpo_data(ctx: Ctx) -> Path:
     """§4.2.2 prompts: every ranking of the teacher's train-user replay (target + candidate titles) and, with
     ``grpo.memory_reward``, every reflection prompt with its follow-up list."""
-    st = ctx.run.stage("grpo_data")
+    recs = stage_replay(ctx, "teacher", "reflect", "train")
+    st = ctx.run.stage("grpo_data", after=["replay/teacher-reflect/train"],
+                       depends=config_fields(ctx.cfg, "grpo.memory_reward"))
     if not st.done:
         rows = []
-        for rec in stage_replay(ctx, "teacher", "reflect", "train").values():
+        for rec in recs.values():
             for r in rec["rank_samples"]:
                 system, user = _sys_user(r["prompt"])
                 rows.append({"task": "rank", "system": system or "", "prompt": user,
@@ -705,6 +775,13 @@ def train_grpo_agent(ctx: Ctx, name: str, init: str | None) -> str:
     from ..train.grpo import build_grpo_trainer, make_rank_reward, memory_update_reward
 
     data = stage_grpo_data(ctx)
+    # save_steps is the checkpoint cadence, memory_reward decides grpo_data's rows: neither changes a trained policy
+    st = training_stage(ctx.run, name, after=["grpo_data", *([] if init is None else _agent_stages(init))],
+                        depends=_train_reads(ctx.cfg, "grpo", "num_generations", "beta", "learning_rate", "epochs",
+                                             "max_steps", "max_completion_length", "temperature", "followup_tokens"))
+    ctx.adapters[name] = st.path / "adapter"
+    if st.done:
+        return name
     ctx.release()
     g = ctx.cfg.grpo
     base = _lora(ctx, name, init, data, g.learning_rate, g.epochs, g.num_generations, g.save_steps)
@@ -712,10 +789,8 @@ def train_grpo_agent(ctx: Ctx, name: str, init: str | None) -> str:
     cfg = GRPOConfig.model_validate({**base, "num_generations": g.num_generations, "beta": g.beta,
                                      "max_completion_length": g.max_completion_length, "temperature": g.temperature,
                                      "system_column": "system"})
-    if is_complete(cfg.training.output_dir):
-        from ..train.common import skipped_result
-
-        ctx.adapters[name] = skipped_result(cfg).adapter_dir
+    if is_complete(cfg.training.output_dir):   # trained, killed before its stage was marked complete
+        st.complete(["adapter", "train_log.json"], skipped=True)
         return name
     holder: dict = {}
     rewards = [make_rank_reward("target_title", "candidates")]
@@ -727,7 +802,8 @@ def train_grpo_agent(ctx: Ctx, name: str, init: str | None) -> str:
     df["candidates"] = df["candidates"].map(list)
     trainer, tokenizer = build_grpo_trainer(cfg, df, rewards)
     holder["trainer"] = trainer
-    ctx.adapters[name] = run_training(trainer, cfg, tokenizer=tokenizer).adapter_dir
+    run_training(trainer, cfg, tokenizer=tokenizer)
+    st.complete(["adapter", "train_log.json"], skipped=False)
     return name
 
 

@@ -54,10 +54,10 @@ from ..errors import DataError
 from ..eval import results as R
 from ..llm.base import LLMSection
 from ..llm.prompts import sample_fields
-from ..runs import RunDir, package_versions
+from ..runs import RunDir, config_fields, package_versions
 from ..train.config import ExpertsSection
 from . import thinkrec_steps as steps
-from .common import prepare_splits
+from .common import prepare_splits, training_stage
 
 Ablation = Literal["no_think", "no_experts", "no_both"]
 Baseline = Literal["tallrec", "collm", "mf", "lightgcn", "sasrec", "gsasrec"]
@@ -210,11 +210,31 @@ class Ctx:
                 for r in df.to_dict("records")]
 
 
+# ---------------------------------------------------------------------------------------------- fingerprints
+# Every producing stage names the config fields it reads and the stages whose artifacts it reads (runs.py), so a
+# changed key recomputes exactly the stages that read it and everything downstream. Each training is a stage
+# (``train/lora-<data>``, ``train/experts-<data>``, ``train/projector-<data>``: the trainer's output_dir) whose
+# weights' checksums the stages using them see. Prompts read the items' keywords and the samples' histories, so
+# every stage that builds one reads ``keywords`` and ``subset.history_len``.
+
+PROMPT_STAGES = ["data", "samples", "keywords"]
+
+
+def _yesno_reads(cfg: Config, *fields: str) -> dict[str, Any]:
+    """What a Yes/No training reads (:func:`_yesno_cfg`): the base model, its LoRA shape, the seed, the trainer's
+    batch and loss fields, and ``fields``."""
+    return config_fields(cfg, "model.name", "model.max_length", "model.lora_r", "model.lora_alpha", "data.seed",
+                         "train.batch_size", "train.reason_share", "train.reason_weights", "train.label_weights",
+                         "train.score", *fields)
+
+
 def stage_samples(cfg: Config, run: RunDir) -> Ctx:
     """CoLLM-protocol samples: a seeded set of test users (warm and cold), their test samples, and a seeded draw
     of train samples from all users."""
     kctx = prepare_splits(cfg.data, run)
-    st, s = run.stage("samples"), cfg.subset
+    st = run.stage("samples", after=["data"], depends=config_fields(
+        cfg, "subset.users", "subset.train_samples", "subset.test_samples", "subset.min_history", "data.seed"))
+    s = cfg.subset
     if not st.done:
         rng = np.random.default_rng(cfg.data.seed)
         parts = {}
@@ -240,7 +260,8 @@ def stage_samples(cfg: Config, run: RunDir) -> Ctx:
 
 def stage_keywords(ctx: Ctx) -> None:
     """§3.2.1: ≤ k keywords per item (cached in the stage); they become the items' ``keywords`` column."""
-    st = ctx.run.stage("keywords", depends={"encoder": ctx.cfg.keywords.encoder, "k": ctx.cfg.keywords.k})
+    # the item table is read from the raw files the "data" stage's fingerprint covers
+    st = ctx.run.stage("keywords", after=["data"], depends=config_fields(ctx.cfg, "keywords.encoder", "keywords.k"))
     if not st.done:
         from ..knowledge import load_encoder
 
@@ -253,32 +274,52 @@ def stage_keywords(ctx: Ctx) -> None:
                  for r in ctx.tables.items.to_dict("records")}
 
 
-def stage_collab(ctx: Ctx) -> dict[str, np.ndarray]:
-    """MF (or LightGCN / SASRec) on the protocol's whole train split; its user and item embeddings; and the test
-    predictions of every classic baseline on the LLM's test samples."""
+def _classic(ctx: Ctx, st, name: str):
+    """Train classic model ``name`` on the protocol's whole train split; score the LLM's test samples into the
+    stage's ``predictions.parquet`` (column ``score``) and ``metrics.json``; returns the fitted model."""
     from ..rec.baselines import train as B
     from ..rec.baselines.data import eval_set
 
-    cfg = ctx.cfg
-    st = ctx.run.stage("collab")
+    c = ctx.cfg.collab
+    ev = eval_set(ctx.splits.test, 50)
+    bc = B.BaselineConfig(dim=c.dim, time_budget_s=c.time_budget_s, seed=ctx.cfg.data.seed)
+    metrics, rec = B.train_baseline(name, ctx.full, ctx.tables, bc, return_model=True)
+    io.write_parquet(st.path / "predictions.parquet", pd.DataFrame({"score": rec.score(ev.user_ids, ev.item_ids,
+                                                                                       ev.hist)}))
+    io.write_json(st.path / "metrics.json", {name: metrics})
+    return rec
+
+
+def _classic_depends(ctx: Ctx) -> dict[str, Any]:
+    # the protocol's whole train split and tables ("data"), scored on the LLM's test samples ("samples")
+    return config_fields(ctx.cfg, "collab.dim", "collab.time_budget_s", "data.seed")
+
+
+def stage_collab(ctx: Ctx) -> dict[str, Any]:
+    """MF (or LightGCN / SASRec) on the protocol's whole train split: its user and item embeddings (the soft
+    tokens' and the gate's input) and its test predictions."""
+    st = ctx.run.stage("collab", after=["data", "samples"],
+                       depends={**_classic_depends(ctx), **config_fields(ctx.cfg, "collab.model")})
     if not st.done:
-        test = ctx.splits.test
-        ev = eval_set(test, 50)
-        preds, metrics = {}, {}
-        names = list(dict.fromkeys([cfg.collab.model, *[b for b in cfg.baselines if b in CLASSIC]]))
-        for name in names:
-            bc = B.BaselineConfig(dim=cfg.collab.dim, time_budget_s=cfg.collab.time_budget_s, seed=cfg.data.seed)
-            m, rec = B.train_baseline(name, ctx.full, ctx.tables, bc, return_model=True)
-            preds[name] = rec.score(ev.user_ids, ev.item_ids, ev.hist)
-            metrics[name] = m
-            if name == cfg.collab.model:
-                np.save(st.path / "user_emb.npy", rec.user_embeddings().astype(np.float32))
-                np.save(st.path / "item_emb.npy", rec.item_embeddings().astype(np.float32))
-        io.write_parquet(st.path / "predictions.parquet", pd.DataFrame(preds))
-        io.write_json(st.path / "metrics.json", metrics)
+        rec = _classic(ctx, st, ctx.cfg.collab.model)
+        np.save(st.path / "user_emb.npy", rec.user_embeddings().astype(np.float32))
+        np.save(st.path / "item_emb.npy", rec.item_embeddings().astype(np.float32))
         st.complete(["user_emb.npy", "item_emb.npy", "predictions.parquet", "metrics.json"])
-    return {"user": np.load(st.path / "user_emb.npy"), "item": np.load(st.path / "item_emb.npy"),
-            "preds": pd.read_parquet(st.path / "predictions.parquet")}
+    return {"user": np.load(st.path / "user_emb.npy"), "item": np.load(st.path / "item_emb.npy")}
+
+
+def stage_baseline(ctx: Ctx, name: str) -> tuple[np.ndarray, dict]:
+    """A classic baseline's scores of the LLM's test samples and its protocol metrics (``collab.model``: the
+    collab stage's model, not trained twice)."""
+    if name == ctx.cfg.collab.model:
+        st = ctx.run.stage("collab")   # a look-up: stage_collab ran first
+    else:
+        st = ctx.run.stage(f"baseline/{name}", after=["data", "samples"], depends=_classic_depends(ctx))
+        if not st.done:
+            _classic(ctx, st, name)
+            st.complete(["predictions.parquet", "metrics.json"])
+    return (pd.read_parquet(st.path / "predictions.parquet")["score"].to_numpy(),
+            json.loads((st.path / "metrics.json").read_text())[name])
 
 
 def _teacher(ctx: Ctx):
@@ -291,7 +332,10 @@ def _teacher(ctx: Ctx):
 def stage_reasons(ctx: Ctx) -> dict:
     """§3.2.2: teacher reasons for a seeded set of train samples (reasoning data) and of test samples (held-out
     references); every teacher call is committed to the run's cache as it arrives."""
-    cfg, st = ctx.cfg, ctx.run.stage("reasons")
+    cfg = ctx.cfg
+    st = ctx.run.stage("reasons", after=PROMPT_STAGES, depends=config_fields(
+        cfg, "teacher.name", "teacher.backend", "teacher.options", "reasons.train_samples", "reasons.test_samples",
+        "reasons.max_tries", "reasons.max_new_tokens", "reasons.temperature", "subset.history_len", "data.seed"))
     if not st.done:
         teacher = _teacher(ctx)
         rng = np.random.default_rng(cfg.data.seed + 7)
@@ -344,7 +388,11 @@ def stage_data(ctx: Ctx, think: bool, reasons: pd.DataFrame, emb: dict) -> Path:
     """The training table of one LoRA: every train sample as a label sample; with ``think``, the reasoning
     samples (teacher matched the label) as well, on the prompt that asks for the reason. Soft vectors
     (user, item) per row for the projector stage."""
-    st = ctx.run.stage(f"data/{'think' if think else 'label'}")
+    # the soft vectors are the collab embeddings; the placeholder token is the model's tokenizer's; label data
+    # reads no reason
+    st = ctx.run.stage(f"data/{'think' if think else 'label'}", after=[
+        *PROMPT_STAGES, "collab", *(["reasons"] if think else [])], depends=config_fields(
+        ctx.cfg, "subset.history_len", "model.name", *(["reasons.keep_gave_up"] if think else [])))
     if not st.done:
         df, fields, ph = ctx.splits.train, ctx.fields("train"), _placeholder(ctx)
         labels = df["label"].astype(int).to_numpy()
@@ -380,9 +428,13 @@ def stage_lora(ctx: Ctx, think: bool, data: Path) -> Path:
 
     t = ctx.cfg.train
     name = "think" if think else "label"
-    cfg = YesNoConfig.model_validate(_yesno_cfg(ctx, f"lora-{name}", data / "text.parquet", epochs=t.epochs,
-                                                lr=t.learning_rate))
-    return train_yesno(cfg).adapter_dir
+    st = training_stage(ctx.run, f"lora-{name}", after=[f"data/{name}"],
+                        depends=_yesno_reads(ctx.cfg, "train.epochs", "train.learning_rate"))
+    if not st.done:
+        cfg = YesNoConfig.model_validate(_yesno_cfg(ctx, f"lora-{name}", data / "text.parquet", epochs=t.epochs,
+                                                    lr=t.learning_rate))
+        st.complete(["adapter", "train_log.json"], skipped=train_yesno(cfg).skipped)
+    return st.path / "adapter"
 
 
 def stage_experts(ctx: Ctx, think: bool, data: Path, lora: Path, emb: dict) -> Path:
@@ -392,15 +444,20 @@ def stage_experts(ctx: Ctx, think: bool, data: Path, lora: Path, emb: dict) -> P
     from ..train.experts import train_experts
 
     name = "think" if think else "label"
-    folder = ctx.run.root / "train" / f"experts-{name}"
-    if not (folder / "experts.json").exists():
+    # the groups are of the collab user embeddings; every expert starts from the global LoRA
+    st = training_stage(ctx.run, f"experts-{name}", after=[f"data/{name}", f"train/lora-{name}", "collab"],
+                        depends=_yesno_reads(ctx.cfg, "train.expert_epochs", "train.epochs", "train.learning_rate",
+                                             "experts.method", "experts.k", "experts.k_range",
+                                             "experts.last_layers"))
+    if not st.done:
         t = ctx.cfg.train
         df = pd.read_parquet(data / "text.parquet")
         cfg = YesNoConfig.model_validate(_yesno_cfg(ctx, f"experts-{name}/tmp", data / "text.parquet",
                                                     epochs=t.expert_epochs or t.epochs, lr=t.learning_rate))
         users = sorted(int(u) for u in df["user_id"].unique())
-        train_experts(cfg, lora, df, {u: emb["user"][u] for u in users}, ctx.cfg.experts, out_dir=folder)
-    return folder
+        res = train_experts(cfg, lora, df, {u: emb["user"][u] for u in users}, ctx.cfg.experts, out_dir=st.path)
+        st.complete(["experts.json", *(Path(d).relative_to(st.path).as_posix() for d in res.adapter_dirs)])
+    return st.path
 
 
 def stage_projector(ctx: Ctx, think: bool, data: Path, lora: Path) -> Path:
@@ -410,9 +467,15 @@ def stage_projector(ctx: Ctx, think: bool, data: Path, lora: Path) -> Path:
 
     c = ctx.cfg.collab
     name = "think" if think else "label"
-    cfg = YesNoConfig.model_validate(_yesno_cfg(ctx, f"projector-{name}", data / "soft.parquet",
-                                                epochs=c.projector_epochs, lr=c.projector_lr, init=lora, soft=True))
-    return train_yesno(cfg).adapter_dir
+    st = training_stage(ctx.run, f"projector-{name}", after=[f"data/{name}", f"train/lora-{name}"],
+                        depends=_yesno_reads(ctx.cfg, "collab.projector_epochs", "collab.projector_lr",
+                                             "collab.hidden_mult"))
+    if not st.done:
+        cfg = YesNoConfig.model_validate(_yesno_cfg(ctx, f"projector-{name}", data / "soft.parquet",
+                                                    epochs=c.projector_epochs, lr=c.projector_lr, init=lora,
+                                                    soft=True))
+        st.complete(["adapter", "train_log.json"], skipped=train_yesno(cfg).skipped)
+    return st.path / "adapter"
 
 
 def load_projector(folder: Path):
@@ -436,7 +499,16 @@ def stage_eval(ctx: Ctx, arm: str, lora: Path, experts: Path | None, projector: 
                reasons: pd.DataFrame) -> dict:
     """p(Yes) of every test sample in one forward pass (the trained score), routed through the gate when the arm
     has experts; and a generated reason for each held-out reasoning sample."""
-    st = ctx.run.stage(f"eval/{arm}")
+    name = "think" if ARMS[arm][0] else "label"
+    # the held-out reasons (references and which rows get a generated reason) come from "reasons"; the soft
+    # vectors and the gate read the collab embeddings; the gate's thresholds are read here (not at training)
+    gate = ["experts.tau", "experts.single_margin", "experts.entropy_threshold"] if experts is not None else []
+    st = ctx.run.stage(f"eval/{arm}", after=[
+        *PROMPT_STAGES, "reasons", f"train/lora-{name}", *([f"train/experts-{name}"] if experts is not None else []),
+        *([f"train/projector-{name}"] if projector is not None else []),
+        *(["collab"] if experts is not None or projector is not None else [])], depends=config_fields(
+        ctx.cfg, "model.name", "model.options", "subset.history_len", "train.score", "generate.max_new_tokens",
+        "generate.temperature", "data.seed", *gate))
     if not st.done:
         import torch
 
@@ -466,8 +538,8 @@ def stage_eval(ctx: Ctx, arm: str, lora: Path, experts: Path | None, projector: 
             if info is None:
                 return dict(zip(rows, call(rows, GLOBAL, None), strict=True)), {"global": len(rows)}
             routes = steps.route_samples(test["user_id"].to_numpy()[rows], emb["user"], np.asarray(info["centers"]),
-                                         tau=info["tau"], single_margin=info["single_margin"],
-                                         entropy_threshold=info["entropy_threshold"])
+                                         tau=cfg.experts.tau, single_margin=cfg.experts.single_margin,
+                                         entropy_threshold=cfg.experts.entropy_threshold)
             groups: dict[str, list[int]] = {}
             for r, route in zip(rows, routes, strict=True):
                 groups.setdefault(route.key, []).append(r)
@@ -516,7 +588,8 @@ def stage_reason_quality(ctx: Ctx, arm: str, gen: pd.DataFrame) -> dict:
     """METEOR, BLEU, ROUGE-L, BERTScore of an arm's generated reasons vs the teacher's (held-out samples)."""
     from ..eval.reasons import reason_report
 
-    st = ctx.run.stage(f"reason_quality/{arm}")
+    st = ctx.run.stage(f"reason_quality/{arm}", after=[f"eval/{arm}"],
+                       depends=config_fields(ctx.cfg, "bertscore_encoder"))
     if not st.done:
         hyps = [steps.strip_answer(t) for t in gen["generated"]]
         rep = reason_report(hyps, gen["reference"].tolist(), ctx.cfg.bertscore_encoder)
@@ -560,6 +633,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     ctx = stage_samples(cfg, run_dir)
     stage_keywords(ctx)
     emb = stage_collab(ctx)
+    classic = {b: stage_baseline(ctx, b) for b in cfg.baselines if b in CLASSIC}
     reasons = stage_reasons(ctx)
     arms = variants(cfg)
     loras, data, experts, projectors = {}, {}, {}, {}
@@ -581,8 +655,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     groups = R.user_subgroups(test, ctx.full.train, cfg.results.activity_edges)[["user_type"]]
     frames = [R.prediction_frame("thinkrec", a, 0, e["preds"]["user_id"], e["preds"]["label"], e["preds"]["score"],
                                  groups) for a, e in evals.items()]
-    frames += [R.prediction_frame("thinkrec", b, 0, test["user_id"], test["label"], emb["preds"][b], groups)
-               for b in cfg.baselines if b in CLASSIC]
+    frames += [R.prediction_frame("thinkrec", b, 0, test["user_id"], test["label"], classic[b][0], groups)
+               for b in classic]
     io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(frames, ignore_index=True))
     section = cfg.results if cfg.results.reference in arms or cfg.results.reference in cfg.baselines else \
         cfg.results.model_copy(update={"reference": arms[0]})
@@ -591,7 +665,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     details = {"method": "thinkrec", "data": data_info, "reason_synthesis": reasons["stats"],
                "routes": {a: e["routes"] for a, e in evals.items()}, "reason_quality": quality,
                "score": cfg.train.score, "no_both_is_collm": "no_both" in cfg.ablations and "collm" in arms,
-               "classic": json.loads((run_dir.stage("collab").path / "metrics.json").read_text())}
+               "classic": {b: m for b, (_, m) in classic.items()}}
     full = ctx.splits
     res = R.build_results(
         pd.read_parquet(run_dir.root / "predictions.parquet"), section, method="thinkrec", dataset=full.dataset,

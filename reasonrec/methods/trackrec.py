@@ -40,9 +40,9 @@ from ..eval import results as R
 from ..llm.base import LLMSection
 from ..llm.engine import EngineSection
 from ..llm.prompts import sample_fields
-from ..runs import RunDir, package_versions
+from ..runs import RunDir, config_fields, package_versions
 from . import trackrec_steps as steps
-from .common import prepare_splits, train_knowledge_backbones
+from .common import prepare_splits, train_knowledge_backbones, training_stage
 
 # arm → (distillation, alignment, Rec-tuning)
 ARMS = {"trackrec": (True, True, True), "no_align": (True, False, True), "no_distill": (False, True, True),
@@ -223,7 +223,9 @@ class Ctx:
 def stage_samples(cfg: Config, run: RunDir) -> Ctx:
     """CoLLM-protocol samples (→ seeded subset), each with a ``sample`` key; prompt fields per sample."""
     kctx = prepare_splits(cfg.data, run)
-    st, s = run.stage("samples"), cfg.subset
+    st = run.stage("samples", after=["data"], depends=config_fields(
+        cfg, "subset.users", "subset.train_samples", "subset.test_samples", "subset.min_history", "data.seed"))
+    s = cfg.subset
     if not st.done:
         rng = np.random.default_rng(cfg.data.seed)
         parts = {}
@@ -268,8 +270,40 @@ def _lora_training(ctx: Ctx, name: str, t: TrainerSection, init: str | None, dat
                          "save_steps": t.save_steps}}
 
 
-def _register(ctx: Ctx, name: str, result) -> str:
-    ctx.adapters[name] = result.adapter_dir
+# ---------------------------------------------------------------------------------------------- fingerprints
+# Every producing stage names the config fields it reads and the stages whose artifacts it reads (runs.py), so a
+# changed key recomputes exactly the stages that read it and everything downstream. A trained adapter is a stage
+# too (``train/<name>``, the trainer's output_dir): its ``adapter/`` folder's checksum is what the stages that call
+# it see, so a re-trained G or V recomputes their CoTs, feedback and scores.
+
+def _reads(cfg: Config) -> dict[str, Any]:
+    """What every stage that builds prompts reads: the prompt fields' history length and the served base model
+    (G and V are adapters on it; its backend and options decide how it decodes)."""
+    return config_fields(cfg, "subset.history_len", "model.name", "model.backend", "model.options")
+
+
+def _adapter_stages(*names: str | None) -> list[str]:
+    """The ``train/<name>`` stages of the adapters a stage calls (``base`` / ``None``: the base model, no stage)."""
+    return [f"train/{n}" for n in dict.fromkeys(names) if n not in (None, "base")]
+
+
+def _train(ctx: Ctx, name: str, section: str, init: str | None, data_stage: str, data: Path, config_cls,
+           train_fn, reads: tuple[str, ...] = (), **options: Any) -> str:
+    """Stage ``train/<name>``: one LoRA training on ``data`` (of ``data_stage``), continuing from adapter ``init``.
+    The stage folder is the trainer's output_dir, so a killed training resumes from its checkpoint and a changed
+    fingerprint clears it (checkpoints included) before training again."""
+    cfg = ctx.cfg
+    st = training_stage(ctx.run, name, after=[data_stage, *_adapter_stages(init)], depends={
+        **config_fields(cfg, "model.name", "model.max_length", "model.lora_r", "model.lora_alpha", "data.seed"),
+        **config_fields(cfg, *(f"{section}.{k}" for k in TrainerSection.model_fields)),
+        **config_fields(cfg, *(f"{section}.{k}" for k in reads)),
+    })
+    if not st.done:
+        ctx.release()
+        result = train_fn(config_cls.model_validate({**_lora_training(ctx, name, getattr(cfg, section), init, data),
+                                                     **options}))
+        st.complete(["adapter", "train_log.json"], skipped=result.skipped)
+    ctx.adapters[name] = st.path / "adapter"
     return name
 
 
@@ -280,7 +314,10 @@ def stage_distill(ctx: Ctx) -> str:
     from ..train.config import SFTConfig
     from ..train.sft import train_sft
 
-    cfg, st = ctx.cfg, ctx.run.stage("distill")
+    cfg = ctx.cfg
+    st = ctx.run.stage("distill", after=["samples"], depends=config_fields(
+        cfg, "teacher.name", "teacher.backend", "teacher.options", "distill.fraction", "distill.max_new_tokens",
+        "distill.temperature", "subset.history_len", "data.seed"))
     if not st.done:
         from ..llm.base import load_llm
 
@@ -296,14 +333,15 @@ def stage_distill(ctx: Ctx) -> str:
             "sample": train["sample"].iloc[idx].tolist(),
             "prompt": [steps.cot_prompt(ctx.domain, f) for f in fields], "completion": cots}))
         st.complete(["sft.parquet"], samples=n)
-    ctx.release()
-    sft = SFTConfig.model_validate(_lora_training(ctx, "G0", cfg.distill, None, st.path / "sft.parquet"))
-    return _register(ctx, "G0", train_sft(sft))
+    return _train(ctx, "G0", "distill", None, "distill", st.path / "sft.parquet", SFTConfig, train_sft)
 
 
 def stage_feedback(ctx: Ctx, arm: str, r: int, g: str, v: str) -> dict:
     """Alg. 1 with G_{r-1} and V_{r-1} on a seeded share of train samples; eq. 2 → ``prefs.parquet``."""
-    cfg, st = ctx.cfg, ctx.run.stage(f"{arm}/r{r}/feedback")
+    cfg = ctx.cfg
+    st = ctx.run.stage(f"{arm}/r{r}/feedback", after=["samples", *_adapter_stages(g, v)], depends={
+        **_reads(cfg), **config_fields(cfg, "align.n", "align.temperature", "align.top_p", "align.max_new_tokens",
+                                       "align.samples", "align.tie_tol", "data.seed")})
     if st.done:
         return st.info()["stats"]
     a, n_train = cfg.align, len(ctx.splits.train)
@@ -332,15 +370,14 @@ def train_generator(ctx: Ctx, arm: str, r: int, g: str) -> str:
     if pd.read_parquet(prefs).empty:   # V preferred nothing: G carries over unchanged (logged)
         ctx.run.log(f"{arm} round {r}: no preference group kept; G stays {g}")
         return g
-    ctx.release()
-    cfg = SDPOConfig.model_validate({**_lora_training(ctx, f"{arm}-G{r}", ctx.cfg.align, g, prefs),
-                                     "beta": ctx.cfg.align.beta})
-    return _register(ctx, f"{arm}-G{r}", train_sdpo(cfg))
+    return _train(ctx, f"{arm}-G{r}", "align", g, f"{arm}/r{r}/feedback", prefs, SDPOConfig, train_sdpo,
+                  reads=("beta",), beta=ctx.cfg.align.beta)
 
 
 def stage_cots(ctx: Ctx, g: str) -> pd.DataFrame:
     """§3.4: G's greedy CoT for every train and test sample (Rec-tuning data, V's and the backbones' input)."""
-    st = ctx.run.stage(f"cots/{g}")
+    st = ctx.run.stage(f"cots/{g}", after=["samples", *_adapter_stages(g)], depends={
+        **_reads(ctx.cfg), **config_fields(ctx.cfg, "align.max_new_tokens", "align.cot_temperature", "data.seed")})
     if not st.done:
         parts = []
         for split in ("train", "test"):
@@ -361,25 +398,25 @@ def train_validator(ctx: Ctx, name: str, v: str, g: str | None) -> str:
     from ..train.config import YesNoConfig
     from ..train.yesno import train_yesno
 
-    st = ctx.run.stage(f"rectune/{name}")
+    cots = [None] * len(ctx.fields["train"]) if g is None else stage_cots(ctx, g).query("split == 'train'")["cot"]
+    st = ctx.run.stage(f"rectune/{name}", after=["samples", *([] if g is None else [f"cots/{g}"])],
+                       depends=config_fields(ctx.cfg, "subset.history_len"))
     if not st.done:
-        cots = [None] * len(ctx.fields["train"]) if g is None else stage_cots(ctx, g).query("split == 'train'")["cot"]
         labels = ctx.splits.train["label"].astype(int).tolist()
         io.write_parquet(st.path / "rec.parquet", pd.DataFrame({
             "prompt": [steps.rec_prompt(ctx.domain, f, c) for f, c in zip(ctx.fields["train"], cots, strict=True)],
             "label": labels, "answer": ["Yes." if y else "No." for y in labels], "kind": "label"}))
         st.complete(["rec.parquet"])
-    ctx.release()
-    cfg = YesNoConfig.model_validate({**_lora_training(ctx, name, ctx.cfg.rectune, v, st.path / "rec.parquet"),
-                                      "reason_share": None})
-    return _register(ctx, name, train_yesno(cfg))
+    return _train(ctx, name, "rectune", v, f"rectune/{name}", st.path / "rec.parquet", YesNoConfig, train_yesno,
+                  reason_share=None)
 
 
 def stage_eval(ctx: Ctx, g: str | None, v: str) -> pd.DataFrame:
     """V as a recommender on the test samples: p(Yes) of prompt^Rec with G's CoT (``g=None``: no summary)."""
-    st = ctx.run.stage(f"eval/{g or 'none'}-{v}")
+    cots = [None] * len(ctx.fields["test"]) if g is None else stage_cots(ctx, g).query("split == 'test'")["cot"]
+    st = ctx.run.stage(f"eval/{g or 'none'}-{v}", after=["samples", *([] if g is None else [f"cots/{g}"]),
+                                                         *_adapter_stages(v)], depends=_reads(ctx.cfg))
     if not st.done:
-        cots = [None] * len(ctx.fields["test"]) if g is None else stage_cots(ctx, g).query("split == 'test'")["cot"]
         prompts = [steps.rec_prompt(ctx.domain, f, c) for f, c in zip(ctx.fields["test"], cots, strict=True)]
         test = ctx.splits.test
         io.write_parquet(st.path / "predictions.parquet", pd.DataFrame({
@@ -391,13 +428,16 @@ def stage_eval(ctx: Ctx, g: str | None, v: str) -> pd.DataFrame:
 
 def stage_ctr(ctx: Ctx, g: str | None) -> dict:
     """Eq. 7-8: G's CoT per sample, encoded, as a knowledge field of every backbone (``g=None``: backbones alone)."""
-    st = ctx.run.stage(f"ctr/{g or 'none'}")
+    cots = None if g is None else stage_cots(ctx, g)
+    rec = ["rec.backbones", "rec.seeds", "rec.epochs", "rec.batch_size", "rec.valid_fraction", "rec.history_len"]
+    # the backbones read the item / user tables as well as the samples: "data" stands for them
+    st = ctx.run.stage(f"ctr/{g or 'none'}", after=["data", "samples", *([] if g is None else [f"cots/{g}"])],
+                       depends=config_fields(ctx.cfg, *rec, *([] if g is None else ["rec.encoder"])))
     if not st.done:
         splits, variant = ctx.splits, {"base": None}
-        if g is not None:
+        if cots is not None:
             from ..knowledge import load_encoder
 
-            cots = stage_cots(ctx, g)
             emb = load_encoder(ctx.cfg.rec.encoder).encode(cots["cot"].tolist())
             vec = dict(zip(cots["split"] + "/" + cots["sample"], list(emb), strict=True))
             splits = dataclasses.replace(splits, **{s: getattr(splits, s).assign(cot_knowledge=[
@@ -448,16 +488,27 @@ def run_arm(ctx: Ctx, arm: str, g0: str | None) -> list[dict]:
 
 
 # relative cost of a stage by kind, for the whole-run ETA (RunDir.eta), from the per-call costs in the header of
-# configs/trackrec/ml100k-cpu.yaml (in units of ~25 s there): a feedback stage carries the S-DPO training after it
-# and a rectune stage its Yes/No training, as both run between stage markers
-STAGE_KIND_WEIGHTS = {"data": 0.2, "samples": 0.2, "distill": 4.0, "eval": 1.0, "cots": 5.0, "ctr": 0.7,
-                      "feedback": 6.0, "rectune": 8.0}
+# configs/trackrec/ml100k-cpu.yaml (in units of ~25 s there): feedback ≈ 12 × 4 × (C + V) ≈ 2, its S-DPO run
+# ≈ 12 × 8 s ≈ 4, a Rec-tuning ≈ 32 × 6 s ≈ 8 (its data stage ≈ 0), distillation ≈ 100 s = teacher 2 + SFT 2
+STAGE_KIND_WEIGHTS = {"data": 0.2, "samples": 0.2, "distill": 2.0, "eval": 1.0, "cots": 5.0, "ctr": 0.7,
+                      "feedback": 2.0, "rectune": 0.1, "train-sft": 2.0, "train-sdpo": 4.0, "train-yesno": 8.0}
+
+
+def stage_kind(name: str) -> str:
+    """The :data:`STAGE_KIND_WEIGHTS` key of a stage name (``train/trackrec-G1`` → ``train-sdpo``)."""
+    if name.endswith("/feedback"):
+        return "feedback"
+    if name.startswith("train/"):
+        adapter = name.split("/", 1)[1]
+        return "train-sft" if adapter == "G0" else "train-sdpo" if "-G" in adapter else "train-yesno"
+    return name.split("/")[0]
 
 
 def planned_stages(cfg: Config) -> list[str]:
     """The stages :func:`run` announces, in order, for counting ("stage 9/29 cots/trackrec-G1") and the ETA.
     Adapter names follow :func:`run_arm`; when a round keeps no preference group G keeps its name and the
-    planned ``cots/<arm>-G<r>`` never runs (its number is skipped, the count stays an upper bound)."""
+    planned ``train/<arm>-G<r>`` and ``cots/<arm>-G<r>`` never run (their numbers are skipped, the count stays an
+    upper bound)."""
     names: list[str] = []
 
     def add(*ns: str) -> None:
@@ -465,25 +516,25 @@ def planned_stages(cfg: Config) -> list[str]:
 
     add("data", "samples")
     if any(ARMS[a][0] for a in ["trackrec", *cfg.ablations]):
-        add("distill")
+        add("distill", "train/G0")
     for arm in ["trackrec", *cfg.ablations]:
         distill, align, rectune = ARMS[arm]
         g, v = ("G0" if distill else "base"), "base"
-        add(f"eval/{g}-{v}", f"cots/{g}", f"ctr/{g}")
+        add(f"cots/{g}", f"eval/{g}-{v}", f"ctr/{g}")
         for r in range(1, (cfg.rounds if arm == "trackrec" else (cfg.ablation_rounds or cfg.rounds)) + 1):
             if align:
-                add(f"{arm}/r{r}/feedback")
+                add(f"{arm}/r{r}/feedback", f"train/{arm}-G{r}")
                 g = f"{arm}-G{r}"
             if rectune:
-                add(f"rectune/{arm}-V{r}", f"cots/{g}")
+                add(f"cots/{g}", f"rectune/{arm}-V{r}", f"train/{arm}-V{r}")
                 v = f"{arm}-V{r}"
-            add(f"eval/{g}-{v}", f"cots/{g}", f"ctr/{g}")
+            add(f"cots/{g}", f"eval/{g}-{v}", f"ctr/{g}")
     if "backbone" in cfg.baselines:
         add("ctr/none")
     if "zero_shot" in cfg.baselines:
         add("eval/none-base")
     if "tallrec" in cfg.baselines:
-        add("rectune/tallrec", "eval/none-tallrec")
+        add("rectune/tallrec", "train/tallrec", "eval/none-tallrec")
     return names
 
 
@@ -510,8 +561,7 @@ def _round_curves(arms: dict[str, list[dict]]) -> list[dict]:
 
 def run(cfg: Config, run_dir: RunDir) -> dict:
     run_dir.stages = planned_stages(cfg)
-    run_dir.stage_weights = {n: STAGE_KIND_WEIGHTS.get("feedback" if n.endswith("/feedback") else n.split("/")[0], 1.0)
-                             for n in run_dir.stages}
+    run_dir.stage_weights = {n: STAGE_KIND_WEIGHTS.get(stage_kind(n), 1.0) for n in run_dir.stages}
     ctx = stage_samples(cfg, run_dir)
     needs_g0 = any(ARMS[a][0] for a in ["trackrec", *cfg.ablations])
     g0 = stage_distill(ctx) if needs_g0 else None
