@@ -62,6 +62,7 @@ from ..errors import DataError
 from ..eval import results as R
 from ..llm import parsers
 from ..llm.base import LLMSection
+from ..llm.engine import EngineSection
 from ..llm.prompts import item_fields
 from ..progress import describe
 from ..runs import RunDir, config_fields, package_versions
@@ -178,6 +179,7 @@ class Config(Section):
 
     method: Literal["starec"] = "starec"
     run_dir: Path
+    engine: EngineSection = Field(default_factory=EngineSection)  # where LLM calls run (llm/engine.py)
     data: DataSection = Field(default_factory=lambda: DataSection(protocol="starec"))
     subset: SubsetSection = Field(default_factory=SubsetSection)
     model: ModelSection = Field(default_factory=ModelSection)

@@ -53,6 +53,7 @@ from ..config import DataSection, Section
 from ..errors import DataError
 from ..eval import results as R
 from ..llm.base import LLMSection
+from ..llm.engine import EngineSection
 from ..llm.prompts import sample_fields
 from ..runs import RunDir, config_fields, package_versions
 from ..train.config import ExpertsSection
@@ -155,6 +156,7 @@ class Config(Section):
 
     method: Literal["thinkrec"] = "thinkrec"
     run_dir: Path
+    engine: EngineSection = Field(default_factory=EngineSection)  # where teacher LLM calls run (llm/engine.py); the soft-token scorer stays in-process
     data: DataSection = Field(default_factory=lambda: DataSection(protocol="collm"))
     subset: SubsetSection = Field(default_factory=SubsetSection)
     model: ModelSection = Field(default_factory=ModelSection)
