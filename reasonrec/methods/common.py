@@ -265,6 +265,38 @@ def prepare_splits(data: DataSection, run: RunDir, subset=None) -> KnowledgeCont
     return KnowledgeContext(tables, splits, threshold, seed=data.seed, **kw)
 
 
+def pointwise_subset(splits: Splits, s, seed: int, protocol: str, *, warm_only: bool) -> dict[str, pd.DataFrame]:
+    """The seeded LLM subset of a pointwise split (``collm``), as TrackRec and ThinkRec draw it.
+
+    Samples with fewer than ``s.min_history`` history items are dropped and keyed ``train:<i>`` / ``test:<i>``;
+    ``s.users`` users are drawn from those with train *and* test samples (``warm_only``: TrackRec, whose V and
+    backbones are tested on the users they trained on) or from every test user (ThinkRec: warm and cold users);
+    then ``s.train_samples`` / ``s.test_samples`` are drawn, kept in index order. ``s`` has ``users``,
+    ``train_samples``, ``test_samples`` and ``min_history``."""
+    rng = np.random.default_rng(seed)
+    parts = {}
+    for name, df in (("train", splits.train), ("test", splits.test)):
+        df = df[df["hist_item_ids"].map(len) >= s.min_history]
+        parts[name] = df.assign(sample=[f"{name}:{i}" for i in df.index])
+    if s.users is not None:
+        tests = parts["test"]["user_id"].unique()
+        pool = np.intersect1d(parts["train"]["user_id"].unique(), tests) if warm_only else np.sort(tests)
+        if s.users > len(pool):
+            raise DataError(f"subset.users = {s.users} but only {len(pool)} users have "
+                            f"{'train and test' if warm_only else 'test'} samples of protocol '{protocol}'; "
+                            "lower subset.users")
+        keep = rng.choice(pool, size=s.users, replace=False)
+        for name in ("train", "test") if warm_only else ("test",):
+            parts[name] = parts[name][parts[name]["user_id"].isin(keep)]
+    for name, n in (("train", s.train_samples), ("test", s.test_samples)):
+        if n is not None and n < len(parts[name]):
+            parts[name] = parts[name].iloc[np.sort(rng.choice(len(parts[name]), size=n, replace=False))]
+        if len(parts[name]) == 0 or parts[name]["label"].nunique() < 2:
+            raise DataError(f"the {name} samples of the subset (users={s.users}, min_history={s.min_history}, "
+                            f"seed {seed}) have {len(parts[name])} rows and one class at most; raise subset sizes")
+    return {name: df.reset_index(drop=True) for name, df in parts.items()}
+
+
 def training_stage(run: RunDir, name: str, *, depends: dict[str, Any], after: list[str]) -> Stage:
     """Stage ``train/<name>``: one training whose folder is the trainer's output_dir, so a killed training
     resumes from its checkpoint and a changed fingerprint clears it (checkpoints included) before training again;

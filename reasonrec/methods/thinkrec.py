@@ -50,7 +50,6 @@ from pydantic import Field
 
 from .. import io
 from ..config import DataSection, Section
-from ..errors import DataError
 from ..eval import results as R
 from ..llm.base import LLMSection
 from ..llm.engine import EngineSection
@@ -58,7 +57,7 @@ from ..llm.prompts import sample_fields
 from ..runs import RunDir, config_fields, package_versions
 from ..train.config import ExpertsSection
 from . import thinkrec_steps as steps
-from .common import prepare_splits, training_stage
+from .common import pointwise_subset, prepare_splits, training_stage
 
 Ablation = Literal["no_think", "no_experts", "no_both"]
 Baseline = Literal["tallrec", "collm", "mf", "lightgcn", "sasrec", "gsasrec"]
@@ -238,22 +237,9 @@ def stage_samples(cfg: Config, run: RunDir) -> Ctx:
         cfg, "subset.users", "subset.train_samples", "subset.test_samples", "subset.min_history", "data.seed"))
     s = cfg.subset
     if not st.done:
-        rng = np.random.default_rng(cfg.data.seed)
-        parts = {}
-        for name, df in (("train", kctx.splits.train), ("test", kctx.splits.test)):
-            df = df[df["hist_item_ids"].map(len) >= s.min_history]
-            parts[name] = df.assign(sample=[f"{name}:{i}" for i in df.index])
-        if s.users is not None:
-            pool = np.sort(parts["test"]["user_id"].unique())
-            if s.users > len(pool):
-                raise DataError(f"subset.users = {s.users} but only {len(pool)} users have test samples")
-            parts["test"] = parts["test"][parts["test"]["user_id"].isin(rng.choice(pool, s.users, replace=False))]
-        for name, n in (("train", s.train_samples), ("test", s.test_samples)):
-            if n is not None and n < len(parts[name]):
-                parts[name] = parts[name].iloc[np.sort(rng.choice(len(parts[name]), size=n, replace=False))]
-            if parts[name]["label"].nunique() < 2:
-                raise DataError(f"the {name} samples of the subset have one class only; raise subset sizes")
-            io.write_parquet(st.path / f"{name}.parquet", parts[name].reset_index(drop=True))
+        parts = pointwise_subset(kctx.splits, s, cfg.data.seed, cfg.data.protocol, warm_only=False)
+        for name, df in parts.items():
+            io.write_parquet(st.path / f"{name}.parquet", df)
         st.complete(["train.parquet", "test.parquet"])
     train, test = (pd.read_parquet(st.path / f"{n}.parquet") for n in ("train", "test"))
     splits = dataclasses.replace(kctx.splits, train=train, test=test, valid=kctx.splits.valid.iloc[:0])

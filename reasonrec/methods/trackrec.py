@@ -34,7 +34,6 @@ from pydantic import Field
 
 from .. import io
 from ..config import DataSection, Section
-from ..errors import DataError
 from ..eval import metrics
 from ..eval import results as R
 from ..llm.base import LLMSection
@@ -42,7 +41,7 @@ from ..llm.engine import EngineSection
 from ..llm.prompts import sample_fields
 from ..runs import RunDir, config_fields, package_versions
 from . import trackrec_steps as steps
-from .common import prepare_splits, train_knowledge_backbones, training_stage
+from .common import pointwise_subset, prepare_splits, train_knowledge_backbones, training_stage
 
 # arm → (distillation, alignment, Rec-tuning)
 ARMS = {"trackrec": (True, True, True), "no_align": (True, False, True), "no_distill": (False, True, True),
@@ -227,26 +226,9 @@ def stage_samples(cfg: Config, run: RunDir) -> Ctx:
         cfg, "subset.users", "subset.train_samples", "subset.test_samples", "subset.min_history", "data.seed"))
     s = cfg.subset
     if not st.done:
-        rng = np.random.default_rng(cfg.data.seed)
-        parts = {}
-        for name, df in (("train", kctx.splits.train), ("test", kctx.splits.test)):
-            df = df[df["hist_item_ids"].map(len) >= s.min_history]
-            parts[name] = df.assign(sample=[f"{name}:{i}" for i in df.index])
-        if s.users is not None:  # users with both train and test samples: V and the backbones are tested on them
-            pool = np.intersect1d(parts["train"]["user_id"].unique(), parts["test"]["user_id"].unique())
-            if s.users > len(pool):
-                raise DataError(f"subset.users = {s.users} but only {len(pool)} users have train and test samples "
-                                f"of protocol '{cfg.data.protocol}'; lower subset.users")
-            keep = rng.choice(pool, size=s.users, replace=False)
-            parts = {k: v[v["user_id"].isin(keep)] for k, v in parts.items()}
+        parts = pointwise_subset(kctx.splits, s, cfg.data.seed, cfg.data.protocol, warm_only=True)
         for name, df in parts.items():
-            if len(df) == 0 or df["label"].nunique() < 2:
-                raise DataError(f"the {name} samples of the subset (users={s.users}, min_history={s.min_history}, "
-                                f"seed {cfg.data.seed}) have {len(df)} rows and one class at most; raise subset.users")
-        for name, n in (("train", s.train_samples), ("test", s.test_samples)):
-            if n is not None and n < len(parts[name]):
-                parts[name] = parts[name].iloc[np.sort(rng.choice(len(parts[name]), size=n, replace=False))]
-            io.write_parquet(st.path / f"{name}.parquet", parts[name].reset_index(drop=True))
+            io.write_parquet(st.path / f"{name}.parquet", df)
         st.complete(["train.parquet", "test.parquet"])
     train, test = (pd.read_parquet(st.path / f"{n}.parquet") for n in ("train", "test"))
     splits = dataclasses.replace(kctx.splits, train=train, test=test, valid=kctx.splits.valid.iloc[:0])
