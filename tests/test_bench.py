@@ -46,3 +46,23 @@ def test_a_bench_naming_an_unknown_baseline_is_refused(tmp_path):
     path.write_text("run_root: x\nmethods: [a.yaml]\nbaselines: [pop, nope]\n")
     with pytest.raises(ConfigError, match="nope"):
         load_bench(path)
+
+
+@pytest.mark.slow
+def test_the_smoke_bench_runs_every_method_and_writes_a_leaderboard(ml100k_dir, tmp_path):
+    """configs/bench/smoke.yaml end to end, as a user runs it from a checkout: every method's smoke config, the
+    baselines on the splits of the methods that declare them, one leaderboard file per split."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).parents[1] / "configs", tmp_path / "configs")
+    out = subprocess.run([sys.executable, "-m", "reasonrec", "bench", "configs/bench/smoke.yaml",
+                          "--data-dir", str(ml100k_dir)], cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    boards = sorted((tmp_path / "runs" / "bench-smoke").rglob("leaderboard*.md"))
+    assert boards, out.stdout[-2000:]
+    assert "pop" in out.stdout and "mf" in out.stdout
+    for cfg in ("r4ec", "trackrec", "starec", "thinkrec"):
+        assert any((p / "results.json").exists() for p in (tmp_path / "runs").rglob(f"*{cfg}*")), cfg
