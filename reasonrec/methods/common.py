@@ -6,7 +6,7 @@ stage with an optional user/item subset, the prompt fields of users and items, a
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -295,6 +295,22 @@ def pointwise_subset(splits: Splits, s, seed: int, protocol: str, *, warm_only: 
             raise DataError(f"the {name} samples of the subset (users={s.users}, min_history={s.min_history}, "
                             f"seed {seed}) have {len(parts[name])} rows and one class at most; raise subset sizes")
     return {name: df.reset_index(drop=True) for name, df in parts.items()}
+
+
+def pointwise_samples_stage(cfg, run: RunDir, *, warm_only: bool) -> tuple[KnowledgeContext, Splits]:
+    """The ``samples`` stage of TrackRec and ThinkRec: :func:`pointwise_subset` of the protocol's splits, written
+    once (fingerprinted by the subset fields and the seed), read back; returns the full-split context and the
+    subset's splits (no validation rows: the LLM methods hold out their own)."""
+    kctx = prepare_splits(cfg.data, run)
+    st = run.stage("samples", after=["data"], depends=config_fields(
+        cfg, "subset.users", "subset.train_samples", "subset.test_samples", "subset.min_history", "data.seed"))
+    if not st.done:
+        parts = pointwise_subset(kctx.splits, cfg.subset, cfg.data.seed, cfg.data.protocol, warm_only=warm_only)
+        for name, df in parts.items():
+            io.write_parquet(st.path / f"{name}.parquet", df)
+        st.complete(["train.parquet", "test.parquet"])
+    train, test = (pd.read_parquet(st.path / f"{n}.parquet") for n in ("train", "test"))
+    return kctx, replace(kctx.splits, train=train, test=test, valid=kctx.splits.valid.iloc[:0])
 
 
 def training_stage(run: RunDir, name: str, *, depends: dict[str, Any], after: list[str]) -> Stage:

@@ -57,7 +57,7 @@ from ..llm.prompts import sample_fields
 from ..runs import RunDir, config_fields, package_versions
 from ..train.config import ExpertsSection
 from . import thinkrec_steps as steps
-from .common import pointwise_subset, prepare_splits, training_stage
+from .common import pointwise_samples_stage, training_stage
 
 Ablation = Literal["no_think", "no_experts", "no_both"]
 Baseline = Literal["tallrec", "collm", "mf", "lightgcn", "sasrec", "gsasrec"]
@@ -232,17 +232,7 @@ def _yesno_reads(cfg: Config, *fields: str) -> dict[str, Any]:
 def stage_samples(cfg: Config, run: RunDir) -> Ctx:
     """CoLLM-protocol samples: a seeded set of test users (warm and cold), their test samples, and a seeded draw
     of train samples from all users."""
-    kctx = prepare_splits(cfg.data, run)
-    st = run.stage("samples", after=["data"], depends=config_fields(
-        cfg, "subset.users", "subset.train_samples", "subset.test_samples", "subset.min_history", "data.seed"))
-    s = cfg.subset
-    if not st.done:
-        parts = pointwise_subset(kctx.splits, s, cfg.data.seed, cfg.data.protocol, warm_only=False)
-        for name, df in parts.items():
-            io.write_parquet(st.path / f"{name}.parquet", df)
-        st.complete(["train.parquet", "test.parquet"])
-    train, test = (pd.read_parquet(st.path / f"{n}.parquet") for n in ("train", "test"))
-    splits = dataclasses.replace(kctx.splits, train=train, test=test, valid=kctx.splits.valid.iloc[:0])
+    kctx, splits = pointwise_samples_stage(cfg, run, warm_only=False)
     return Ctx(cfg, run, kctx.splits, splits, kctx.tables, kctx.domain, kctx.like_threshold)
 
 

@@ -41,7 +41,7 @@ from ..llm.engine import EngineSection
 from ..llm.prompts import sample_fields
 from ..runs import RunDir, config_fields, package_versions
 from . import trackrec_steps as steps
-from .common import pointwise_subset, prepare_splits, train_knowledge_backbones, training_stage
+from .common import pointwise_samples_stage, train_knowledge_backbones, training_stage
 
 # arm → (distillation, alignment, Rec-tuning)
 ARMS = {"trackrec": (True, True, True), "no_align": (True, False, True), "no_distill": (False, True, True),
@@ -221,17 +221,8 @@ class Ctx:
 
 def stage_samples(cfg: Config, run: RunDir) -> Ctx:
     """CoLLM-protocol samples (→ seeded subset), each with a ``sample`` key; prompt fields per sample."""
-    kctx = prepare_splits(cfg.data, run)
-    st = run.stage("samples", after=["data"], depends=config_fields(
-        cfg, "subset.users", "subset.train_samples", "subset.test_samples", "subset.min_history", "data.seed"))
-    s = cfg.subset
-    if not st.done:
-        parts = pointwise_subset(kctx.splits, s, cfg.data.seed, cfg.data.protocol, warm_only=True)
-        for name, df in parts.items():
-            io.write_parquet(st.path / f"{name}.parquet", df)
-        st.complete(["train.parquet", "test.parquet"])
-    train, test = (pd.read_parquet(st.path / f"{n}.parquet") for n in ("train", "test"))
-    splits = dataclasses.replace(kctx.splits, train=train, test=test, valid=kctx.splits.valid.iloc[:0])
+    kctx, splits = pointwise_samples_stage(cfg, run, warm_only=True)
+    train, test, s = splits.train, splits.test, cfg.subset
     items = {int(r["item_id"]): r for r in kctx.tables.items.to_dict("records")}
     fields = {n: [sample_fields(r, items, None, like_threshold=kctx.like_threshold, max_history=s.history_len)
                   for r in df.to_dict("records")] for n, df in (("train", train), ("test", test))}
