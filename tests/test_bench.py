@@ -66,3 +66,27 @@ def test_the_smoke_bench_runs_every_method_and_writes_a_leaderboard(ml100k_dir, 
     assert "pop" in out.stdout and "mf" in out.stdout
     for cfg in ("r4ec", "trackrec", "starec", "thinkrec"):
         assert any((p / "results.json").exists() for p in (tmp_path / "runs").rglob(f"*{cfg}*")), cfg
+
+
+def test_the_collm_pair_configs_evaluate_the_same_samples(ml100k_dir, tmp_path):
+    """configs/bench/collm-pair-cpu.yaml's promise: TrackRec's and ThinkRec's pair configs draw the same subset
+    from the real ML-100K files, hashed the same way, so compare puts them in one leaderboard. (Each method's
+    results.json hashes train, valid and test of its subset, as this test does.)"""
+    from pathlib import Path
+
+    from reasonrec.methods import load_experiment
+    from reasonrec.methods.common import pointwise_samples_stage
+    from reasonrec.runs import RunDir
+
+    bench = load_bench(Path(__file__).parents[1] / "configs/bench/collm-pair-cpu.yaml")
+    sums, sizes = {}, {}
+    for path in bench.methods:
+        _, cfg = load_experiment(Path(__file__).parents[1] / path)
+        cfg.data.data_dir = ml100k_dir
+        run = RunDir(tmp_path / cfg.method)
+        with run.lock():
+            _, s = pointwise_samples_stage(cfg, run, warm_only=cfg.method == "trackrec")
+        sums[cfg.method] = R.split_checksum({"train": s.train, "valid": s.valid, "test": s.test})
+        sizes[cfg.method] = (len(s.train), len(s.test), s.test["label"].nunique())
+    assert set(sums) == {"trackrec", "thinkrec"}
+    assert sums["trackrec"] == sums["thinkrec"] and sizes["trackrec"] == (8, 128, 2)
