@@ -75,17 +75,16 @@ def test_the_collm_pair_configs_evaluate_the_same_samples(ml100k_dir, tmp_path):
     from pathlib import Path
 
     from reasonrec.methods import load_experiment
-    from reasonrec.methods.common import pointwise_samples_stage
     from reasonrec.runs import RunDir
 
     bench = load_bench(Path(__file__).parents[1] / "configs/bench/collm-pair-cpu.yaml")
     sums, sizes = {}, {}
     for path in bench.methods:
-        _, cfg = load_experiment(Path(__file__).parents[1] / path)
+        module, cfg = load_experiment(Path(__file__).parents[1] / path)
         cfg.data.data_dir = ml100k_dir
         run = RunDir(tmp_path / cfg.method)
         with run.lock():
-            _, s = pointwise_samples_stage(cfg, run, warm_only=cfg.method == "trackrec")
+            s = module.stage_samples(cfg, run).splits  # each method's own samples stage
         sums[cfg.method] = R.split_checksum({"train": s.train, "valid": s.valid, "test": s.test})
         sizes[cfg.method] = (len(s.train), len(s.test), s.test["label"].nunique())
     assert set(sums) == {"trackrec", "thinkrec"}
