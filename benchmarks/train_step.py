@@ -91,8 +91,11 @@ def build(kind: str, out: Path, steps: int, data_dir: str | None, variant: str =
         from reasonrec.train.sdpo import build_sdpo_trainer
         return build_sdpo_trainer, cfg, df
     if kind == "grpo":
-        df = pd.DataFrame({"prompt": [prompt(rng, pool, 30) + " Then rank 10 movies for the user." for _ in range(8)],
-                           "target_title": [rng.choice(pool) for _ in range(8)]})
+        # the rank reward reads the titles the prompt showed (``candidates``) and the held-out one among them
+        cands = [rng.sample(pool, 10) for _ in range(8)]
+        df = pd.DataFrame({"prompt": [prompt(rng, pool, 30) + " Then rank these 10 movies for the user: "
+                                      + "; ".join(c) + "." for c in cands],
+                           "target_title": [rng.choice(c) for c in cands], "candidates": cands})
         cfg = C.GRPOConfig.model_validate({**common, "num_generations": 8, "max_completion_length": 64,
                                            "training": {**common["training"], "per_device_train_batch_size": 8}})
         from reasonrec.train.grpo import build_grpo_trainer
