@@ -65,7 +65,7 @@ def baseline_run(splits, tables, out: Path, cfg: BenchConfig, source: dict) -> P
     from .rec.baselines.data import eval_set
     from .runs import package_versions
 
-    checksum = R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test})
+    checksum = R.splits_checksum(splits)
     if checksum != source["split_checksum"]:  # the hook must give the samples the method's results are of
         raise ConfigError(f"bench: the splits of {source['run']} hash to {checksum[:12]}, its results.json says "
                           f"{source['split_checksum'][:12]}; the method's evaluated_splits does not match its run")

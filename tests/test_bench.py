@@ -70,8 +70,8 @@ def test_the_smoke_bench_runs_every_method_and_writes_a_leaderboard(ml100k_dir, 
 
 def test_the_collm_pair_configs_evaluate_the_same_samples(ml100k_dir, tmp_path):
     """configs/bench/collm-pair-cpu.yaml's promise: TrackRec's and ThinkRec's pair configs draw the same subset
-    from the real ML-100K files, hashed the same way, so compare puts them in one leaderboard. (Each method's
-    results.json hashes train, valid and test of its subset, as this test does.)"""
+    from the real ML-100K files, hashed the same way, so compare puts them in one leaderboard (each method's
+    results.json hashes its subset with R.splits_checksum, as this test does)."""
     from pathlib import Path
 
     from reasonrec.methods import load_experiment
@@ -85,7 +85,7 @@ def test_the_collm_pair_configs_evaluate_the_same_samples(ml100k_dir, tmp_path):
         run = RunDir(tmp_path / cfg.method)
         with run.lock():
             s = module.stage_samples(cfg, run).splits  # each method's own samples stage
-        sums[cfg.method] = R.split_checksum({"train": s.train, "valid": s.valid, "test": s.test})
+        sums[cfg.method] = R.splits_checksum(s)  # as each method hashes its results.json
         sizes[cfg.method] = (len(s.train), len(s.test), s.test["label"].nunique())
     assert set(sums) == {"trackrec", "thinkrec"}
     assert sums["trackrec"] == sums["thinkrec"] and sizes["trackrec"] == (8, 128, 2)

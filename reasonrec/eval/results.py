@@ -283,6 +283,13 @@ def check_comparable(a: Results, b: Results) -> None:
 
 # ----------------------------------------------------------------------------------- split checksum
 
+def splits_checksum(splits) -> str:
+    """:func:`split_checksum` of a pointwise ``Splits`` (train, valid and test, an empty valid included): the one
+    way R4ec, TrackRec, ThinkRec and ``reasonrec bench`` hash the samples a run was evaluated on, so runs on the
+    same samples share a checksum and ``compare`` pairs them."""
+    return split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test})
+
+
 def split_checksum(frames: dict[str, pd.DataFrame]) -> str:
     """sha256 of the samples' content (not of their Parquet bytes, which change with the pyarrow version).
 

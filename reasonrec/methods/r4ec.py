@@ -555,7 +555,7 @@ def write_results(cfg: Config, run: RunDir, ctx, details: dict) -> R.Results:
     preds = pd.read_parquet(run.stage("rec").path / "predictions.parquet")
     res = R.build_results(
         preds, cfg.results, method="r4ec", dataset=splits.dataset, protocol=splits.protocol,
-        split_checksum=R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test}),
+        split_checksum=R.splits_checksum(splits),
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="rec/predictions.parquet",
         details=details)
     R.write_results(run.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -644,13 +644,11 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
                "routes": {a: e["routes"] for a, e in evals.items()}, "reason_quality": quality,
                "score": cfg.train.score, "no_both_is_collm": "no_both" in cfg.ablations and "collm" in arms,
                "classic": {b: m for b, (_, m) in classic.items()}}
-    # hashed as TrackRec's and R4ec's (train, valid, test; valid is empty here), so a TrackRec run on the same
-    # subset fields lands in one `reasonrec compare` leaderboard with this one
+    # hashed as TrackRec's, so a TrackRec run on the same subset fields lands in one compare leaderboard with it
     sub = ctx.splits
     res = R.build_results(
         pd.read_parquet(run_dir.root / "predictions.parquet"), section, method="thinkrec", dataset=sub.dataset,
-        protocol=sub.protocol,
-        split_checksum=R.split_checksum({"train": sub.train, "valid": sub.valid, "test": sub.test}),
+        protocol=sub.protocol, split_checksum=R.splits_checksum(sub),
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="predictions.parquet",
         details=details)
     R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))

@@ -574,7 +574,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     res = R.build_results(
         pd.read_parquet(run_dir.root / "predictions.parquet"), cfg.results, method="trackrec",
         dataset=splits.dataset, protocol=splits.protocol,
-        split_checksum=R.split_checksum({"train": splits.train, "valid": splits.valid, "test": splits.test}),
+        split_checksum=R.splits_checksum(splits),
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="predictions.parquet",
         details=summary)
     R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
