@@ -400,3 +400,15 @@ class RunDir:
         path = self.root / "manifest.json"
         manifest = json.loads(path.read_text()) if path.exists() else {}
         io.write_json(path, {**manifest, **fields})
+
+    def stage_seconds(self) -> dict[str, float | None]:
+        """Wall seconds of every completed stage, nested ones too (``cots/G0``), named by their folder in the run
+        and in the order they completed: what ``timings.json`` records."""
+        markers = sorted(self.root.rglob("_SUCCESS.json"), key=lambda p: (p.stat().st_mtime, str(p)))
+        out = {}
+        for m in markers:
+            try:
+                out[m.parent.relative_to(self.root).as_posix()] = json.loads(m.read_text()).get("seconds")
+            except json.JSONDecodeError:  # written atomically; an unreadable one is reported by the report
+                continue
+        return out

@@ -58,6 +58,18 @@ def test_changed_config_recomputes_the_stage_and_everything_downstream(tmp_path)
     assert marker["depends"]["config"] == {"rec.scale": 5}
 
 
+def test_stage_seconds_lists_every_completed_stage_nested_ones_too(tmp_path):
+    run = RunDir(tmp_path, verbose=False)
+    _pipeline(run, 3, 2, [])
+    nested = run.stage("cots/G0", depends={"x": 1})
+    io.write_text(nested.path / "a.txt", "a")
+    nested.complete(["a.txt"])
+    run.stage("unfinished", depends={"x": 1})  # a folder without a marker is not a completed stage
+    seconds = run.stage_seconds()
+    assert set(seconds) == {"make", "use", "cots/G0"}
+    assert all(isinstance(v, float) and v >= 0 for v in seconds.values())
+
+
 def test_a_stale_stage_folder_is_cleared_before_it_runs_again(tmp_path):
     run = RunDir(tmp_path, verbose=False)
     st = run.stage("train", depends={"train.base_model": "a"})

@@ -559,7 +559,7 @@ def write_results(cfg: Config, run: RunDir, ctx, details: dict) -> R.Results:
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="rec/predictions.parquet",
         details=details)
     R.write_results(run.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                             stage_seconds=_stage_seconds(run)))
+                                             stage_seconds=run.stage_seconds()))
     io.write_text(run.root / "results.md", results_table(res))
     from ..eval.report import result_warnings
 

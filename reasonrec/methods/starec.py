@@ -902,7 +902,8 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         preds, section, method="starec", dataset=splits.dataset, protocol=splits.protocol,
         split_checksum=R.split_checksum({"train": ctx.train, "test": ctx.test}), config=cfg.model_dump(mode="json"),
         packages=package_versions(), predictions="predictions.parquet", details=summary)
-    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                 stage_seconds=run_dir.stage_seconds()))
     table = steps.results_table(res, variants, titles=summary["variants"])
     io.write_text(run_dir.root / "results.md", table + "\n" + R.render_markdown(res, metric="ndcg@10"))
     summary["table"] = table

@@ -651,6 +651,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         protocol=sub.protocol, split_checksum=R.splits_checksum(sub),
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="predictions.parquet",
         details=details)
-    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                 stage_seconds=run_dir.stage_seconds()))
     io.write_text(run_dir.root / "results.md", results_table(details, res) + "\n" + R.render_markdown(res))
     return {**details, "arms": arms}
