@@ -17,14 +17,7 @@ from pathlib import Path
 
 from reasonrec.eval.results import read_results
 from reasonrec.methods.trackrec_steps import results_table
-
-
-def _seconds(root: Path) -> dict[str, float]:
-    out = {}
-    for marker in sorted(root.rglob("_SUCCESS.json")):
-        info = json.loads(marker.read_text())
-        out[str(marker.parent.relative_to(root))] = info.get("seconds")
-    return out
+from reasonrec.runs import RunDir
 
 
 def main() -> None:
@@ -35,7 +28,7 @@ def main() -> None:
     res, _ = read_results(args.run)
     details = res.details
     deltas = [d.model_dump() for d in res.deltas if d.subgroup == "all" and d.metric in ("auc", "logloss")]
-    seconds = _seconds(args.run)
+    seconds = RunDir(args.run, verbose=False).stage_seconds()
     out = {"run": str(args.run.resolve()), "reference": res.reference, "split_checksum": res.split_checksum,
            "data": details["data"], "arms": details["arms"], "baselines": details["baselines"], "deltas": deltas,
            "stage_seconds": seconds, "config": res.config}

@@ -402,13 +402,17 @@ class RunDir:
         io.write_json(path, {**manifest, **fields})
 
     def stage_seconds(self) -> dict[str, float | None]:
-        """Wall seconds of every completed stage, nested ones too (``cots/G0``), named by their folder in the run
-        and in the order they completed: what ``timings.json`` records."""
-        markers = sorted(self.root.rglob("_SUCCESS.json"), key=lambda p: (p.stat().st_mtime, str(p)))
-        out = {}
-        for m in markers:
-            try:
-                out[m.parent.relative_to(self.root).as_posix()] = json.loads(m.read_text()).get("seconds")
-            except json.JSONDecodeError:  # written atomically; an unreadable one is reported by the report
-                continue
-        return out
+        """Wall seconds of every completed stage (see :func:`stage_markers`): what ``timings.json`` records."""
+        return {name: m.get("seconds") for name, m in stage_markers(self.root).items()}
+
+
+def stage_markers(root: Path) -> dict[str, dict[str, Any]]:
+    """Every stage's marker, nested stages too (TrackRec's ``cots/<G>``), named by their folder in the run, in the
+    order they completed."""
+    out = {}
+    for marker in sorted(root.rglob("_SUCCESS.json"), key=lambda p: (p.stat().st_mtime, str(p))):
+        try:
+            out[marker.parent.relative_to(root).as_posix()] = json.loads(marker.read_text())
+        except json.JSONDecodeError:  # a marker is written atomically; a broken one is not ours to judge here
+            continue
+    return out

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .. import io
+from ..runs import stage_markers
 from .results import Results, ResultsError, read_results, render_markdown, table_records
 
 TEXT_ROWS = 8
@@ -68,23 +69,11 @@ class RunView:
         return self.root.name
 
 
-def _markers(root: Path) -> dict[str, dict[str, Any]]:
-    """Every stage's marker, nested stages too (TrackRec's ``cots/<G>``), named by their path in the run, in the
-    order they completed."""
-    out = {}
-    for marker in sorted(root.rglob("_SUCCESS.json"), key=lambda p: (p.stat().st_mtime, str(p))):
-        try:
-            out[marker.parent.relative_to(root).as_posix()] = json.loads(marker.read_text())
-        except json.JSONDecodeError:  # a marker is written atomically; a broken one is not ours to judge here
-            continue
-    return out
-
-
 def load_run(run_dir: str | Path) -> RunView:
     """Read what the report shows from ``run_dir`` (a :class:`ResultsError` if it has no valid results)."""
     root = Path(run_dir).resolve()
     res, timings = read_results(root)
-    markers = _markers(root)
+    markers = stage_markers(root)
     if timings is not None and timings.stage_seconds:
         seconds = dict(timings.stage_seconds)
     else:

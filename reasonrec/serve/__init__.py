@@ -55,9 +55,10 @@ from .batching import MicroBatcher
 
 
 def _user_texts(root: Path, res) -> tuple[str | None, dict[int, dict[str, str]]]:
-    from ..eval.report import _markers, _text_specs
+    from ..eval.report import _text_specs
+    from ..runs import stage_markers
 
-    for spec in _text_specs(res, _markers(root)):
+    for spec in _text_specs(res, stage_markers(root)):
         user_col = spec.get("user_column") or None
         path = root / spec["path"]
         if user_col is None or not path.is_file():
