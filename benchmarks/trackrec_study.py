@@ -15,9 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from reasonrec.eval.results import read_results
+from reasonrec.eval.results import Timings, read_results
 from reasonrec.methods.trackrec_steps import results_table
-from reasonrec.runs import RunDir
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     res, _ = read_results(args.run)
     details = res.details
     deltas = [d.model_dump() for d in res.deltas if d.subgroup == "all" and d.metric in ("auc", "logloss")]
-    seconds = RunDir(args.run, verbose=False).stage_seconds()
+    seconds = Timings.of_run(args.run).stage_seconds
     out = {"run": str(args.run.resolve()), "reference": res.reference, "split_checksum": res.split_checksum,
            "data": details["data"], "arms": details["arms"], "baselines": details["baselines"], "deltas": deltas,
            "stage_seconds": seconds, "config": res.config}

@@ -401,10 +401,6 @@ class RunDir:
         manifest = json.loads(path.read_text()) if path.exists() else {}
         io.write_json(path, {**manifest, **fields})
 
-    def stage_seconds(self) -> dict[str, float | None]:
-        """Wall seconds of every completed stage (see :func:`stage_markers`): what ``timings.json`` records."""
-        return {name: m.get("seconds") for name, m in stage_markers(self.root).items()}
-
 
 def stage_markers(root: Path) -> dict[str, dict[str, Any]]:
     """Every stage's marker, nested stages too (TrackRec's ``cots/<G>``), named by their folder in the run, in the

@@ -16,6 +16,7 @@ import yaml
 
 from reasonrec import io
 from reasonrec.errors import RunLockedError
+from reasonrec.eval import results as R
 from reasonrec.runs import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,14 +59,14 @@ def test_changed_config_recomputes_the_stage_and_everything_downstream(tmp_path)
     assert marker["depends"]["config"] == {"rec.scale": 5}
 
 
-def test_stage_seconds_lists_every_completed_stage_nested_ones_too(tmp_path):
+def test_timings_list_every_completed_stage_nested_ones_too(tmp_path):
     run = RunDir(tmp_path, verbose=False)
     _pipeline(run, 3, 2, [])
     nested = run.stage("cots/G0", depends={"x": 1})
     io.write_text(nested.path / "a.txt", "a")
     nested.complete(["a.txt"])
     run.stage("unfinished", depends={"x": 1})  # a folder without a marker is not a completed stage
-    seconds = run.stage_seconds()
+    seconds = R.Timings.of_run(tmp_path).stage_seconds
     assert set(seconds) == {"make", "use", "cots/G0"}
     assert all(isinstance(v, float) and v >= 0 for v in seconds.values())
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,6 +227,14 @@ class Timings(_Strict):
 
     created: str
     stage_seconds: dict[str, float | None] = Field(default_factory=dict)
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> Timings:
+        """Now, and the wall seconds of every stage completed in ``run_dir`` (its ``_SUCCESS.json`` markers)."""
+        from ..runs import stage_markers  # at call time: runs is the run-directory layer above the schema
+
+        return cls(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                   stage_seconds={name: m.get("seconds") for name, m in stage_markers(Path(run_dir)).items()})
 
 
 # ------------------------------------------------------------------------------------------ read / write

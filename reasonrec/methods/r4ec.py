@@ -66,7 +66,6 @@ is rendered from it.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -558,8 +557,7 @@ def write_results(cfg: Config, run: RunDir, ctx, details: dict) -> R.Results:
         split_checksum=R.splits_checksum(splits),
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="rec/predictions.parquet",
         details=details)
-    R.write_results(run.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                             stage_seconds=run.stage_seconds()))
+    R.write_results(run.root, res, R.Timings.of_run(run.root))
     io.write_text(run.root / "results.md", results_table(res))
     from ..eval.report import result_warnings
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -902,8 +901,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         preds, section, method="starec", dataset=splits.dataset, protocol=splits.protocol,
         split_checksum=R.split_checksum({"train": ctx.train, "test": ctx.test}), config=cfg.model_dump(mode="json"),
         packages=package_versions(), predictions="predictions.parquet", details=summary)
-    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                 stage_seconds=run_dir.stage_seconds()))
+    R.write_results(run_dir.root, res, R.Timings.of_run(run_dir.root))
     table = steps.results_table(res, variants, titles=summary["variants"])
     io.write_text(run_dir.root / "results.md", table + "\n" + R.render_markdown(res, metric="ndcg@10"))
     summary["table"] = table

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -651,7 +650,6 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         protocol=sub.protocol, split_checksum=R.splits_checksum(sub),
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="predictions.parquet",
         details=details)
-    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                 stage_seconds=run_dir.stage_seconds()))
+    R.write_results(run_dir.root, res, R.Timings.of_run(run_dir.root))
     io.write_text(run_dir.root / "results.md", results_table(details, res) + "\n" + R.render_markdown(res))
     return {**details, "arms": arms}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -577,8 +576,7 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
         split_checksum=R.splits_checksum(splits),
         config=cfg.model_dump(mode="json"), packages=package_versions(), predictions="predictions.parquet",
         details=summary)
-    R.write_results(run_dir.root, res, R.Timings(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                 stage_seconds=run_dir.stage_seconds()))
+    R.write_results(run_dir.root, res, R.Timings.of_run(run_dir.root))
     io.write_text(run_dir.root / "results.md", steps.results_table(summary) + "\n" + R.render_markdown(res))
     return summary
 
