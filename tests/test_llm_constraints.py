@@ -95,6 +95,37 @@ def test_ranking_matcher_never_repeats_a_title_even_when_the_logits_insist(tiny,
     assert _permutation(tiny.tokenizer.decode(ids), titles, explain=False)
 
 
+def test_ranking_matcher_checks_few_tokens_but_allows_exactly_what_checking_all_would(tiny, titles):
+    """The distinct-title rule skips tokens that cannot steer a line towards a used title; on walks that keep
+    trying used titles (shared "Hea" prefixes, explanations, a think block) its mask equals checking every
+    token the grammar allows."""
+    session = tiny.grammar_session()
+    few = titles[:8]
+    ranking = Ranking(few, explain=True, explain_chars=12, think_chars=20)
+    favoured = [i for t in few[:3] for i in tiny.tokenizer(t, add_special_tokens=False)["input_ids"]]
+    rng = np.random.default_rng(1)
+    for walk in range(3):
+        m, steps, fast_steps = session.matcher(ranking), 0, 0
+        bits = np.zeros((1, m.width), dtype=np.int32)
+        while not m.done and steps < 400:
+            m._m.fill_next_token_bitmask(bits, 0)
+            grammar = np.unpackbits(bits[0].view(np.uint8), bitorder="little")[:session.vocab.size].astype(bool)
+            brute = grammar.copy()
+            for i in np.flatnonzero(grammar):
+                data = session.vocab.token_bytes[i]
+                brute[i] = not data or m.extra._ok(data)
+            fast_steps += m.extra._explaining() or m.extra._only_free_fit()
+            fast = m.allowed()
+            assert np.array_equal(fast, brute), (walk, steps, m.extra.line)
+            logits = rng.normal(size=session.vocab.size).astype(np.float32)
+            logits[favoured] += 8.0
+            logits[session.vocab.newline_ids] += 4.0 * (walk == 2)
+            logits[~fast] = -np.inf
+            assert m.accept(int(np.argmax(logits)))
+            steps += 1
+        assert m.done and fast_steps > 0
+
+
 def test_response_prefix_is_consumed_by_the_matcher(tiny):
     spec = task_spec("r4ec_user_reason", max_new_tokens=60)
     primed = [{"role": "user", "content": "Summarise."}, {"role": "assistant", "content": "<User Preference>"}]
