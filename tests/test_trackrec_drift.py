@@ -58,7 +58,8 @@ def test_rerun_with_another_config_recomputes_only_what_reads_it(tmp_path, ml100
     llm = {"distill", "trackrec/r1/feedback", "cots/G0", f"cots/{g1}", "eval/G0-base", f"eval/{g1}-trackrec-V1",
            *trains}
     ctr = {"ctr/G0", f"ctr/{g1}", "ctr/none"}
-    assert stages == {"data", "samples", "rectune/trackrec-V1", *llm, *ctr}
+    ctr_data = {"ctr_samples", "ctr_cots/G0", f"ctr_cots/{g1}"}  # the backbones' extra train samples and their CoTs
+    assert stages == {"data", "samples", "rectune/trackrec-V1", *llm, *ctr_data, *ctr}
     before, rows = markers(run), _cache_rows(run)
 
     # A late key (the CTR seeds): only the CTR stages run again; no LLM call, no training
@@ -80,7 +81,11 @@ def test_rerun_with_another_config_recomputes_only_what_reads_it(tmp_path, ml100
     assert lines["samples"].startswith("inputs changed") and "(subset.test_samples)" in lines["samples"], lines
     for s in ("cots/G0", f"cots/{g1}", "eval/G0-base", f"eval/{g1}-trackrec-V1", *ctr):
         assert lines[s].startswith("inputs changed") and "samples/test.parquet" in lines[s], (s, lines[s])
-    assert {s: lines[s] for s in trains} == dict.fromkeys(trains, "complete, skipped")
+    # ctr_samples reads the test users (its pool is the subset's users): it is redrawn, the same rows come out, so
+    # the extra CoTs that read it are skipped
+    assert lines["ctr_samples"].startswith("inputs changed"), lines["ctr_samples"]
+    kept = trains | (ctr_data - {"ctr_samples"})
+    assert {s: lines[s] for s in kept} == dict.fromkeys(kept, "complete, skipped")
     assert {s for s, m in markers(run).items() if s in trains and m != after[s]} == set()
     assert third["data"]["test"] == 14
     preds = pd.read_parquet(run / "predictions.parquet")

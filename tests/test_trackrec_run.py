@@ -120,6 +120,12 @@ def test_one_round_killed_mid_feedback_resumes_without_resampling(tmp_path, ml10
     for r in (r0, r1):
         assert 0 <= r["v_auc"] <= 1 and r["v_auc_ci"][0] <= r["v_auc_ci"][1]
         assert r["ctr"]["din"]["logloss"] > 0 and r["cot_tokens"] > 0 and r["cot_empty_share"] < 1
+    # DIN trained on the LLM train samples plus rec.train_samples' extra ones, each extra with G's own CoT
+    llm_train = set(pd.read_parquet(run / "samples" / "train.parquet")["sample"])
+    for g in ("G0", "trackrec-G1"):
+        extra = pd.read_parquet(run / "ctr_cots" / g / "cots.parquet")
+        assert len(extra) == 16 and not set(extra["sample"]) & llm_train and extra["cot"].str.len().gt(0).any()
+    assert summary["data"]["ctr_train"] == 40 and summary["data"]["train"] == 24
     res, _ = read_results(run / "results.json")
     (delta,) = [d for d in res.deltas if (d.model, d.metric, d.subgroup) == ("validator", "auc", "all")]
     assert delta.variant == "trackrec/r1" and delta.reference == "trackrec/r0"

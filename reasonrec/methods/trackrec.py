@@ -7,7 +7,8 @@ Alg. 1, eq. 1-2              :func:`stage_feedback` → :func:`~.trackrec_steps.
 eq. 3-4 (S-DPO)              :func:`train_generator`: softmax-DPO on G, reference = the previous round's G
 §3.4, eq. 5-6 (Rec-tuning)   :func:`stage_cots` (G's greedy CoTs) → :func:`train_validator` (Yes/No loss on V)
 Alg. 2 (alternation)         :func:`run_arm`: T rounds of G then V, each inheriting the previous round's weights
-§3.6, eq. 7-8                :func:`stage_ctr`: CoT per sample → encoder → connector → CTR backbones; and
+§3.6, eq. 7-8                :func:`stage_ctr`: CoT per sample → encoder → connector → CTR backbones (trained on
+                             more samples than the LLM stages: :func:`stage_ctr_cots`); and
                              :func:`stage_eval`: V as a recommender (one forward pass per sample)
 ===========================  ======================================================================================
 
@@ -33,6 +34,7 @@ from pydantic import Field
 
 from .. import io
 from ..config import DataSection, Section
+from ..errors import DataError
 from ..eval import metrics
 from ..eval import results as R
 from ..llm.base import LLMSection
@@ -51,7 +53,8 @@ Ablation = Literal["no_align", "no_distill", "no_rectune"]
 class SubsetSection(Section):
     """The samples the LLM stages cover. Fields:
         users: users sampled (seeded); ``None`` = all. train_samples / test_samples: samples kept (seeded) from
-            their train / test samples (``None`` = all); the CTR backbones train and test on the same ones.
+            their train / test samples (``None`` = all); the CTR backbones test on the same ones and train on
+            them plus ``rec.train_samples``' extra ones.
         min_history: samples with a shorter history are dropped (an empty history has no preference to summarise).
         history_len: history items shown in the prompts (CoLLM protocol: 10).
     """
@@ -125,9 +128,18 @@ class RecTuneSection(TrainerSection):
 
 class RecSection(Section):
     """Eq. 7-8: backbones, encoder (paper: BERT; default the bundled MiniLM), seeds, epochs, batch_size,
-    valid_fraction (last share of each user's train samples for early stopping), history_len."""
+    valid_fraction (last share of each user's train samples for early stopping), history_len. And:
+        train_samples: train samples the backbones train on: the LLM stages' train samples plus seeded others of
+            the full train split (of the subset's users when ``subset.users`` is set), each with G's greedy CoT
+            (stage ``ctr_cots/<G>``); ``None`` = the LLM stages' only. The paper's backbones train on every train
+            sample: a few dozen (what the LLM stages afford on a CPU) leave them at chance.
+        arms: the arms whose rounds get backbone rows (``None`` = every arm); ``trackrec`` is always one, its
+            round 0 being the KAR-style baseline.
+    """
 
     backbones: list[str] = Field(default_factory=lambda: ["din"])
+    train_samples: int | None = Field(None, ge=2)
+    arms: list[Literal["trackrec", "no_align", "no_distill", "no_rectune"]] | None = None
     encoder: str = "minilm"
     seeds: list[int] = Field(default_factory=lambda: [0])
     epochs: int = Field(10, ge=1)
@@ -183,6 +195,8 @@ class Ctx:
     tables: Any
     domain: str
     fields: dict[str, list[dict]]
+    full_train: pd.DataFrame  # the protocol's whole train split (the backbones' extra train samples come from it)
+    like_threshold: float
     adapters: dict[str, Path] = dataclasses.field(default_factory=dict)
     _llm: Any = None
     _served: set[str] = dataclasses.field(default_factory=set)
@@ -225,7 +239,7 @@ def stage_samples(cfg: Config, run: RunDir) -> Ctx:
     items = {int(r["item_id"]): r for r in kctx.tables.items.to_dict("records")}
     fields = {n: [sample_fields(r, items, None, like_threshold=kctx.like_threshold, max_history=s.history_len)
                   for r in df.to_dict("records")] for n, df in (("train", train), ("test", test))}
-    return Ctx(cfg, run, splits, kctx.tables, kctx.domain, fields)
+    return Ctx(cfg, run, splits, kctx.tables, kctx.domain, fields, kctx.splits.train, kctx.like_threshold)
 
 
 def _lora_training(ctx: Ctx, name: str, t: TrainerSection, init: str | None, data: Path) -> dict:
@@ -398,15 +412,66 @@ def stage_eval(ctx: Ctx, g: str | None, v: str) -> pd.DataFrame:
     return pd.read_parquet(st.path / "predictions.parquet")
 
 
+def stage_ctr_samples(ctx: Ctx) -> pd.DataFrame:
+    """The backbones' train samples beyond the LLM stages' (``rec.train_samples``; none when it is unset)."""
+    st = ctx.run.stage("ctr_samples", after=["data", "samples"], depends=config_fields(
+        ctx.cfg, "rec.train_samples", "subset.users", "subset.min_history", "data.seed"))
+    if not st.done:
+        n, have = ctx.cfg.rec.train_samples, ctx.splits.train
+        pool = ctx.full_train[ctx.full_train["hist_item_ids"].map(len) >= ctx.cfg.subset.min_history]
+        pool = pool.assign(sample=[f"train:{i}" for i in pool.index])
+        pool = pool[~pool["sample"].isin(have["sample"])]
+        if ctx.cfg.subset.users is not None:
+            users = set(have["user_id"]) | set(ctx.splits.test["user_id"])
+            pool = pool[pool["user_id"].isin(users)]
+        extra = max(0, (n or 0) - len(have))
+        if extra > len(pool):
+            raise DataError(f"rec.train_samples = {n} but the train split has only {len(have) + len(pool)} samples "
+                            f"with ≥ {ctx.cfg.subset.min_history} history items; lower rec.train_samples")
+        rng = np.random.default_rng(ctx.cfg.data.seed + 1)  # not the subset's draw: these come on top of it
+        pool = pool.iloc[np.sort(rng.choice(len(pool), size=extra, replace=False))] if extra else pool.iloc[:0]
+        io.write_parquet(st.path / "train.parquet", pool.reset_index(drop=True))
+        st.complete(["train.parquet"])
+    return pd.read_parquet(st.path / "train.parquet")
+
+
+def stage_ctr_cots(ctx: Ctx, g: str) -> pd.DataFrame:
+    """G's greedy CoT for the backbones' extra train samples (as :func:`stage_cots`; each row cached as it comes)."""
+    extra = stage_ctr_samples(ctx)
+    st = ctx.run.stage(f"ctr_cots/{g}", after=["ctr_samples", *_adapter_stages(g)], depends={
+        **_reads(ctx.cfg), **config_fields(ctx.cfg, "align.max_new_tokens", "align.cot_temperature", "data.seed")})
+    if not st.done:
+        a, items = ctx.cfg.align, {int(r["item_id"]): r for r in ctx.tables.items.to_dict("records")}
+        fields = [sample_fields(r, items, None, like_threshold=ctx.like_threshold,
+                                max_history=ctx.cfg.subset.history_len) for r in extra.to_dict("records")]
+        texts, tokens = steps.greedy_cots(ctx.llm(), ctx.domain, fields, generator=ctx.adapter(g),
+                                          max_new_tokens=a.max_new_tokens, temperature=a.cot_temperature,
+                                          seed=ctx.cfg.data.seed) if fields else ([], [])
+        io.write_parquet(st.path / "cots.parquet", pd.DataFrame({"split": "train", "sample": extra["sample"].tolist(),
+                                                                 "cot": texts, "tokens": tokens}))
+        st.complete(["cots.parquet"])
+    return pd.read_parquet(st.path / "cots.parquet")
+
+
+def _ctr_splits(ctx: Ctx):
+    """The LLM subset's splits with the backbones' extra train samples added to train."""
+    extra = stage_ctr_samples(ctx)
+    if extra.empty:
+        return ctx.splits
+    return dataclasses.replace(ctx.splits, train=pd.concat([ctx.splits.train, extra], ignore_index=True))
+
+
 def stage_ctr(ctx: Ctx, g: str | None) -> dict:
-    """Eq. 7-8: G's CoT per sample, encoded, as a knowledge field of every backbone (``g=None``: backbones alone)."""
-    cots = None if g is None else stage_cots(ctx, g)
+    """Eq. 7-8: G's CoT per sample, encoded, as a knowledge field of every backbone (``g=None``: backbones alone);
+    the backbones train on the LLM train samples plus ``rec.train_samples``' extra ones."""
+    cots = None if g is None else pd.concat([stage_cots(ctx, g), stage_ctr_cots(ctx, g)], ignore_index=True)
     rec = ["rec.backbones", "rec.seeds", "rec.epochs", "rec.batch_size", "rec.valid_fraction", "rec.history_len"]
     # the backbones read the item / user tables as well as the samples: "data" stands for them
-    st = ctx.run.stage(f"ctr/{g or 'none'}", after=["data", "samples", *([] if g is None else [f"cots/{g}"])],
+    st = ctx.run.stage(f"ctr/{g or 'none'}", after=["data", "samples", "ctr_samples",
+                                                    *([] if g is None else [f"cots/{g}", f"ctr_cots/{g}"])],
                        depends=config_fields(ctx.cfg, *rec, *([] if g is None else ["rec.encoder"])))
     if not st.done:
-        splits, variant = ctx.splits, {"base": None}
+        splits, variant = _ctr_splits(ctx), {"base": None}
         if cots is not None:
             from ..knowledge import load_encoder
 
@@ -434,10 +499,16 @@ def _round_row(ctx: Ctx, arm: str, r: int, g: str, v: str, feedback: dict | None
     fb = feedback or {}
     return {"arm": arm, "round": r, "G": g, "V": v, "v_auc": metrics.auc(y, p), "v_acc": metrics.accuracy(y, p),
             "v_auc_ci": steps.user_bootstrap_auc(preds["user_id"].to_numpy(), y, p, seed=ctx.cfg.data.seed),
-            "ctr": {b: {k: m[k] for k in ("auc", "acc", "logloss")} for b, m in stage_ctr(ctx, g).items()},
+            "ctr": {b: {k: m[k] for k in ("auc", "acc", "logloss")} for b, m in stage_ctr(ctx, g).items()}
+            if _ctr_arm(ctx.cfg, arm) else {},
             "reward_chosen": fb.get("reward_chosen"), "reward_rejected": fb.get("reward_rejected"),
             "skipped_share": fb.get("skipped_share"), "cot_tokens": float(cots["tokens"].mean()),
             "cot_empty_share": float((cots["cot"].str.len() == 0).mean())}
+
+
+def _ctr_arm(cfg: Config, arm: str) -> bool:
+    """Do this arm's rounds get backbone rows (``rec.arms``)?"""
+    return arm == "trackrec" or cfg.rec.arms is None or arm in cfg.rec.arms
 
 
 def run_arm(ctx: Ctx, arm: str, g0: str | None) -> list[dict]:
@@ -463,6 +534,7 @@ def run_arm(ctx: Ctx, arm: str, g0: str | None) -> list[dict]:
 # configs/trackrec/ml100k-cpu.yaml (in units of ~25 s there): feedback ≈ 12 × 4 × (C + V) ≈ 2, its S-DPO run
 # ≈ 12 × 8 s ≈ 4, a Rec-tuning ≈ 32 × 6 s ≈ 8 (its data stage ≈ 0), distillation ≈ 100 s = teacher 2 + SFT 2
 STAGE_KIND_WEIGHTS = {"data": 0.2, "samples": 0.2, "distill": 2.0, "eval": 1.0, "cots": 5.0, "ctr": 0.7,
+                      "ctr_samples": 0.1, "ctr_cots": 5.0,
                       "feedback": 2.0, "rectune": 0.1, "train-sft": 2.0, "train-sdpo": 4.0, "train-yesno": 8.0}
 
 
@@ -492,7 +564,11 @@ def planned_stages(cfg: Config) -> list[str]:
     for arm in ["trackrec", *cfg.ablations]:
         distill, align, rectune = ARMS[arm]
         g, v = ("G0" if distill else "base"), "base"
-        add(f"cots/{g}", f"eval/{g}-{v}", f"ctr/{g}")
+
+        def ctr(g: str, arm: str = arm) -> list[str]:
+            return ["ctr_samples", f"ctr_cots/{g}", f"ctr/{g}"] if _ctr_arm(cfg, arm) else []
+
+        add(f"cots/{g}", f"eval/{g}-{v}", *ctr(g))
         for r in range(1, (cfg.rounds if arm == "trackrec" else (cfg.ablation_rounds or cfg.rounds)) + 1):
             if align:
                 add(f"{arm}/r{r}/feedback", f"train/{arm}-G{r}")
@@ -500,9 +576,9 @@ def planned_stages(cfg: Config) -> list[str]:
             if rectune:
                 add(f"cots/{g}", f"rectune/{arm}-V{r}", f"train/{arm}-V{r}")
                 v = f"{arm}-V{r}"
-            add(f"cots/{g}", f"eval/{g}-{v}", f"ctr/{g}")
+            add(f"cots/{g}", f"eval/{g}-{v}", *ctr(g))
     if "backbone" in cfg.baselines:
-        add("ctr/none")
+        add("ctr_samples", "ctr/none")
     if "zero_shot" in cfg.baselines:
         add("eval/none-base")
     if "tallrec" in cfg.baselines:
@@ -554,12 +630,12 @@ def run(cfg: Config, run_dir: RunDir) -> dict:
     runs += [(k, None, {"zero_shot": "base", "tallrec": "tallrec"}[k]) for k in ("zero_shot", "tallrec") if k in baselines]
     frames = [R.prediction_frame("validator", name, 0, p["user_id"], p["label"], p["score"])
               for name, g, v in runs for p in [stage_eval(ctx, g, v)]]
-    ctr_runs = [(f"{r['arm']}/r{r['round']}", r["G"]) for rows in arms.values() for r in rows]
+    ctr_runs = [(f"{r['arm']}/r{r['round']}", r["G"]) for rows in arms.values() for r in rows if r["ctr"]]
     ctr_runs += [("backbone", None)] if "backbone" in baselines else []
     frames += [pd.read_parquet(run_dir.stage(f"ctr/{g or 'none'}").path / "predictions.parquet").assign(variant=name)
                for name, g in ctr_runs]
     io.write_parquet(run_dir.root / "predictions.parquet", pd.concat(frames, ignore_index=True))
-    data = {"train": len(ctx.splits.train), "test": len(ctx.splits.test),
+    data = {"train": len(ctx.splits.train), "ctr_train": len(_ctr_splits(ctx).train), "test": len(ctx.splits.test),
             "test_users": int(ctx.splits.test["user_id"].nunique())}
     summary = {"method": "trackrec", "data": data, "arms": arms, "baselines": baselines,
                "report_curves": _round_curves(arms),
