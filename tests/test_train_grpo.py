@@ -117,3 +117,51 @@ def test_rank_reward_leaves_other_tasks_to_their_reward():
     out = rank_reward([_listing(CANDS)] * 2, target_title=[CANDS[0]] * 2, candidates=[CANDS] * 2,
                       task=["rank", "memory"])
     assert out == [1.0, None]
+
+
+# ---------------------------------------------------------------------------------------------- constrained rollouts
+
+def test_constrained_rollouts_are_rankings_whose_rewards_differ(tiny_model_path, tmp_path):
+    """Unconstrained, a small policy's rollouts name no candidate (every reward −1, zero advantage). Under the
+    ranking constraint even the random tiny model writes a permutation of the candidates, so the target's rank —
+    and the reward — varies within a group, and GRPO has an advantage to follow."""
+    from reasonrec.llm.specs import task_spec
+    from reasonrec.train.grpo import make_rank_reward
+
+    titles = CANDS[:5]
+    df = pd.DataFrame({"prompt": [f"Rank these movies for user {u}: " + "; ".join(titles) for u in range(2)],
+                       "target_title": [titles[1], titles[3]], "candidates": [titles, titles]})
+    seen: list[tuple[str, float]] = []
+    reward = make_rank_reward("target_title", "candidates")
+
+    def recording_reward(completions, **kw):
+        out = reward(completions, **kw)
+        seen.extend(zip(completions, out, strict=True))
+        return out
+
+    cons = task_spec("starec_rank", candidates=dict(enumerate(titles)), max_new_tokens=160).constraint
+    cfg = GRPOConfig.model_validate({
+        "reward": "rank", "num_generations": 4, "max_completion_length": 160, "temperature": 1.0,
+        "model": {"name": str(tiny_model_path), "lora": {"targets": "all-linear"}}, "data": {"train": "unused.jsonl"},
+        "training": {"output_dir": str(tmp_path), "max_steps": 2, "learning_rate": 1e-3, "logging_steps": 1,
+                     "save_steps": 100, "per_device_train_batch_size": 4}})
+    trainer, _ = build_grpo_trainer(cfg, df, [recording_reward], constraint_for=lambda row: cons)
+    trainer.train()
+    assert len(seen) == 8
+    for text, r in seen:
+        text = text if isinstance(text, str) else text[0]["content"]
+        assert target_rank(text, titles[0], titles) is not None, text   # every candidate named: a full ranking
+        assert r > -1.0, text
+    assert len({r for _, r in seen}) > 1, seen
+
+
+def test_constrained_rollouts_refuse_top_p(tiny_model_path, tmp_path):
+    from reasonrec.errors import ConfigError
+
+    cfg = GRPOConfig.model_validate({
+        "reward": "rank", "num_generations": 2, "generation_kwargs": {"top_p": 0.9},
+        "model": {"name": str(tiny_model_path)}, "data": {"train": "unused.jsonl"},
+        "training": {"output_dir": str(tmp_path), "max_steps": 1, "per_device_train_batch_size": 2}})
+    df = pd.DataFrame({"prompt": ["p"], "target_title": ["A"], "candidates": [["A", "B"]]})
+    with pytest.raises(ConfigError, match="top_p"):
+        build_grpo_trainer(cfg, df, constraint_for=lambda row: None)

@@ -329,7 +329,7 @@ class TransformersLLM:
         if matchers is not None:
             from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-            procs: list = [_ConstraintProcessor(matchers)]
+            procs: list = [ConstraintProcessor(matchers)]
             if temperature > 0:
                 procs += [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
                 kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
@@ -437,18 +437,31 @@ class TransformersLLM:
         return results
 
 
-class _ConstraintProcessor:
+class ConstraintProcessor:
     """A transformers logits processor over per-row :class:`~reasonrec.llm.constraints.RowMatcher` states: each
     call first feeds every row the token it sampled last (rows without a constraint, or whose format is complete,
-    are left alone), then masks the next-token scores (B, V) of the constrained rows in place."""
+    are left alone), then masks the next-token scores (B, V) of the constrained rows in place. Also used outside
+    this backend (GRPO rollouts, :mod:`reasonrec.train.grpo`): put it before any top-k / top-p warper, or a row
+    can be left with no token.
+
+    ``calls`` counts the decode steps it masked, so a caller can check it was applied at all."""
 
     def __init__(self, matchers: list):
         self.matchers = matchers
         self.started = False
         self.bits = None
+        self.calls = 0
+
+    @classmethod
+    def for_constraints(cls, session, constraints, max_new_tokens: int) -> ConstraintProcessor:
+        """One fresh matcher per row (``None`` = that row unconstrained) from a
+        :class:`~reasonrec.llm.constraints.GrammarSession`."""
+        return cls([session.matcher(c, "", max_new_tokens) if c is not None else None for c in constraints])
 
     def __call__(self, input_ids, scores):
         import torch
+
+        self.calls += 1
 
         if self.bits is None:
             width = next(m.width for m in self.matchers if m is not None)

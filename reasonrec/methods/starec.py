@@ -63,6 +63,7 @@ from ..llm import parsers
 from ..llm.base import LLMSection
 from ..llm.engine import EngineSection
 from ..llm.prompts import item_fields
+from ..llm.specs import task_spec
 from ..progress import describe
 from ..runs import RunDir, config_fields, package_versions
 from . import starec_steps as steps
@@ -140,7 +141,10 @@ class GRPOSection(Section):
     """§4.2.2 / §5.1.4. Fields: num_generations (paper 8), beta (KL, paper 1e-3), learning_rate (paper 1e-6),
     epochs (paper 1), max_steps (cap, ``None`` = the epochs), max_completion_length, temperature of the rollouts,
     memory_reward (train on the memory-update prompts with the indirect reward too), followup_tokens (budget of
-    the follow-up ranking that reward runs), save_steps."""
+    the follow-up ranking that reward runs), save_steps; constrained (rollouts and the follow-up ranking decode
+    under the evaluation's constraints — the ranking a permutation of the candidates, the memory update in its
+    format: unconstrained, the bundled model never named the target in 48 rollouts of the CPU study, so every
+    reward was −1 and GRPO had no advantage to follow)."""
 
     num_generations: int = Field(8, ge=2)
     beta: float = Field(1e-3, ge=0)
@@ -152,6 +156,7 @@ class GRPOSection(Section):
     memory_reward: bool = True
     followup_tokens: int = Field(256, ge=8)
     save_steps: int = Field(50, ge=1)
+    constrained: bool = True
 
 
 class EvalSection(Section):
@@ -760,13 +765,38 @@ def _policy_ranker(ctx: Ctx, holder: dict, tokenizer):
                                  f["candidates"])
         ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         model = holder["trainer"].accelerator.unwrap_model(holder["trainer"].model)
+        extra = {}
+        cons = steps.rank_constraint(f["candidates"], g.followup_tokens) if g.constrained else None
+        if cons is not None:
+            from transformers import LogitsProcessorList
+
+            from ..llm.hf import ConstraintProcessor
+            from ..train.grpo import grammar_session
+
+            holder.setdefault("grammars", grammar_session(tokenizer, model))
+            proc = ConstraintProcessor.for_constraints(holder["grammars"], [cons], g.followup_tokens)
+            extra["logits_processor"] = LogitsProcessorList([proc])
         with torch.no_grad():
             out = model.generate(**{k: v.to(model.device) for k, v in ids.items()}, max_new_tokens=g.followup_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                 **extra)
         text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         return target_rank(text, row["target_title"], row["candidates"])
 
     return rank_with_memory
+
+
+def _rollout_constraint(g: GRPOSection):
+    """A GRPO rollout's constraint from its dataset row: the evaluation's ranking constraint over the row's
+    candidates, or the memory-update format."""
+    memory = task_spec("starec_memory", max_new_tokens=g.max_completion_length).constraint
+
+    def constraint_for(row: dict):
+        if row.get("task") == "memory":
+            return memory
+        return steps.rank_constraint([{"title": t} for t in row["candidates"]], g.max_completion_length)
+
+    return constraint_for
 
 
 def train_grpo_agent(ctx: Ctx, name: str, init: str | None) -> str:
@@ -779,7 +809,8 @@ def train_grpo_agent(ctx: Ctx, name: str, init: str | None) -> str:
     # save_steps is the checkpoint cadence, memory_reward decides grpo_data's rows: neither changes a trained policy
     st = training_stage(ctx.run, name, after=["grpo_data", *([] if init is None else _agent_stages(init))],
                         depends=_train_reads(ctx.cfg, "grpo", "num_generations", "beta", "learning_rate", "epochs",
-                                             "max_steps", "max_completion_length", "temperature", "followup_tokens"))
+                                             "max_steps", "max_completion_length", "temperature", "followup_tokens",
+                                             "constrained"))
     ctx.adapters[name] = st.path / "adapter"
     if st.done:
         return name
@@ -801,7 +832,8 @@ def train_grpo_agent(ctx: Ctx, name: str, init: str | None) -> str:
 
         rewards.append(memory_update_reward(_policy_ranker(ctx, holder, load_tokenizer(ctx.cfg.model.name))))
     df["candidates"] = df["candidates"].map(list)
-    trainer, tokenizer = build_grpo_trainer(cfg, df, rewards)
+    trainer, tokenizer = build_grpo_trainer(cfg, df, rewards,
+                                            constraint_for=_rollout_constraint(g) if g.constrained else None)
     holder["trainer"] = trainer
     run_training(trainer, cfg, tokenizer=tokenizer)
     st.complete(["adapter", "train_log.json"], skipped=False)

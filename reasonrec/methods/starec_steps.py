@@ -137,7 +137,8 @@ def can_constrain(llm) -> bool:
     return "constraint:ranking" in getattr(llm, "supports", frozenset())
 
 
-def _constraint(candidates: Sequence[dict], max_new_tokens: int, explain: bool = True):
+def rank_constraint(candidates: Sequence[dict], max_new_tokens: int, explain: bool = True):
+    """The ranking constraint over ``candidates`` (dicts with a title), or None where titles repeat or span lines."""
     titles = [str(c["title"]) for c in candidates]
     if len(set(titles)) < len(titles) or any(not t.strip() or "\n" in t for t in titles):
         return None   # the constraint needs distinct one-line titles; the parser handles the rest
@@ -159,7 +160,7 @@ def rank(llm, prompts: Sequence[Any], candidates: Sequence[Sequence[dict]], *, a
          temperature: float = 0.0, seed: int = 0, n: int = 1, constrain: bool = True,
          stats: RankStats | None = None) -> list[list[RankOut]]:
     """Fast thinking for a batch: ``n`` rankings per prompt (n > 1 only for Best of N)."""
-    cons = [(_constraint(c, max_new_tokens) if constrain and can_constrain(llm) else None) for c in candidates]
+    cons = [(rank_constraint(c, max_new_tokens) if constrain and can_constrain(llm) else None) for c in candidates]
     gens = llm.generate(list(prompts), n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                         adapter=adapter, constraint=cons if any(c is not None for c in cons) else None)
     out = []

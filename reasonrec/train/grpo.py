@@ -14,6 +14,15 @@ completion, and can be called and tested outside any trainer.
   ranking with that memory (a callable the method supplies, e.g. the current policy answering the ranking prompt)
   gives the target's rank, rewarded as above.
 - :func:`yes_reward` — 1 when the answer's first word is "Yes": a trivially learnable reward for smoke tests.
+
+Constrained rollouts (``constraint_for``): each rollout is decoded under its prompt's constraint (e.g. the ranking a
+permutation of the candidates, as evaluation decodes it), so a small policy's rollouts earn rewards that differ —
+unconstrained, SmolLM2-135M never wrote a list naming the target in the STARec CPU study (every reward −1, zero
+advantage, a GRPO that does not move). trl 1.16 has no hook for logits processors on its transformers rollout
+path, so :func:`_constrained_trainer_class` wraps the policy's ``generate`` for the duration of trl's own call
+(vLLM and continuous-batching rollouts are refused rather than silently left unconstrained). The loss still
+scores tokens under the unmasked policy, as trl does for any sampler: masked tokens are never sampled, and the
+gradient raises the unmasked log-probability of the better permutations.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..llm.parsers import ParseError
 from ..llm.parsers import parse_ranking as _parse_ranking
 from .common import (
@@ -161,6 +171,58 @@ def grpo_dataset(df, cfg: GRPOConfig):
     return Dataset.from_list(records)
 
 
+def grammar_session(tokenizer, model):
+    """The xgrammar vocabulary of ``model``'s logits width for ``tokenizer`` (one per trainer: compiling is the
+    cost, matchers are cheap)."""
+    from ..llm.constraints import GrammarSession
+
+    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
+    eos = eos if isinstance(eos, list) else [eos]
+    stops = sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
+    width = model.get_output_embeddings().weight.shape[0]
+    return GrammarSession.from_huggingface(tokenizer, vocab_size=width, stop_token_ids=stops)
+
+
+def _constrained_trainer_class(base, constraint_for: Callable[[dict], Any]):
+    """``base`` (a ``GRPOTrainer``) whose rollouts decode under ``constraint_for(row)`` (a
+    :class:`~reasonrec.llm.constraints.Constraint` or ``None``; ``row`` = the dataset row of the rollout)."""
+    from functools import partial
+
+    from transformers import LogitsProcessorList
+
+    from ..llm.hf import ConstraintProcessor
+
+    class ConstrainedGRPOTrainer(base):
+        def _generate_and_score_completions(self, inputs):
+            # trl repeats each prompt num_generations times in `inputs`: one constraint per rollout row
+            self._row_constraints = [constraint_for(x) for x in inputs]
+            return super()._generate_and_score_completions(inputs)
+
+        def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+            cons = getattr(self, "_row_constraints", None) or []
+            if not any(c is not None for c in cons):
+                return super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            if self.use_vllm or self.use_transformers_continuous_batching:
+                raise ConfigError("grpo: constrained rollouts run on trl's transformers generate path only "
+                                  "(not vLLM / continuous batching)")
+            if len(cons) != len(prompt_ids):
+                raise RuntimeError(f"{len(prompt_ids)} rollout prompts for {len(cons)} rows")
+            if getattr(self, "_grammars", None) is None:
+                self._grammars = grammar_session(self.processing_class, self.accelerator.unwrap_model(self.model))
+            proc = ConstraintProcessor.for_constraints(self._grammars, cons, self.max_completion_length)
+            model = self.accelerator.unwrap_model(self.model_wrapped)
+            model.generate = partial(type(model).generate, model, logits_processor=LogitsProcessorList([proc]))
+            try:
+                out = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            finally:
+                del model.generate  # the instance attribute; the class method is back
+            if not proc.calls:
+                raise RuntimeError("trl generated the rollouts without the constraint (its generate path changed)")
+            return out
+
+    return ConstrainedGRPOTrainer
+
+
 def _lean_grpo_trainer_class():
     """trl's ``GRPOTrainer`` whose per-token log-probs run the LM head on completion positions only
     (``training.lean_logits``). trl's fused head scores every prompt position too off CUDA / XPU; for text-only
@@ -190,7 +252,9 @@ def _lean_grpo_trainer_class():
 
 
 def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable] | None = None,
-                       callbacks: Sequence = ()):
+                       callbacks: Sequence = (), constraint_for: Callable[[dict], Any] | None = None):
+    """trl's ``GRPOTrainer`` over ``df`` (or ``cfg.data.train``); with ``constraint_for`` each rollout decodes under
+    the constraint it returns for its dataset row (see the module docstring)."""
     from transformers import set_seed
     from trl import GRPOConfig as TrlGRPOConfig
     from trl import GRPOTrainer
@@ -213,6 +277,12 @@ def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable
     )
     trainer_cls = (_lean_grpo_trainer_class() if cfg.training.lean_logits and supports_lean(model)
                    else GRPOTrainer)
+    if constraint_for is not None:
+        gen = {**kw, **dict(cfg.generation_kwargs)}
+        if gen.get("top_k") or gen.get("top_p", 1.0) < 1.0:
+            # transformers runs its warpers before user processors: top-k / top-p first could leave no allowed token
+            raise ConfigError("grpo: constrained rollouts need top_k 0 and top_p 1 in generation_kwargs")
+        trainer_cls = _constrained_trainer_class(trainer_cls, constraint_for)
     trainer = trainer_cls(model=model, reward_funcs=list(reward_funcs), args=args,
                           train_dataset=grpo_dataset(df, cfg), processing_class=tokenizer,
                           callbacks=list(callbacks))
@@ -220,9 +290,9 @@ def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable
 
 
 def train_grpo(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable] | None = None,
-               callbacks: Sequence = ()) -> TrainResult:
+               callbacks: Sequence = (), constraint_for: Callable[[dict], Any] | None = None) -> TrainResult:
     """Run (or resume, or skip if complete) GRPO; ``reward_funcs`` default to the config's built-in reward."""
     if is_complete(cfg.training.output_dir):
         return skipped_result(cfg)
-    trainer, tokenizer = build_grpo_trainer(cfg, df, reward_funcs, callbacks)
+    trainer, tokenizer = build_grpo_trainer(cfg, df, reward_funcs, callbacks, constraint_for)
     return run_training(trainer, cfg, tokenizer=tokenizer)
