@@ -220,3 +220,40 @@ def test_collm_ml100k_backbone_beats_user_memorisation(ml100k_dir):
     splits = make_splits(tables, "collm", seed=0)
     res = run_ctr("deepfm", splits, tables, train_cfg=CTRTrainConfig(epochs=3, progress=False))
     assert res["auc"] >= 0.748, res
+
+
+def test_a_validation_set_without_both_labels_trains_every_epoch(world):
+    """No AUC on the validation set (empty, or one label): every epoch used to look "not better", so patience
+    stopped training after 2 epochs with no warning; now all epochs run and the result says there was no
+    validation AUC."""
+    builder, df = world["nok"], world["df"]
+    cfg = CTRTrainConfig(epochs=5, patience=2, batch_size=64, progress=False)
+    torch.manual_seed(0)
+    model = build_ctr_model("din", builder.feature_map, SMALL)
+    res = train_ctr(model, builder.encode(df.iloc[:300]), builder.encode(df.iloc[:0]), cfg)
+    assert res["epochs"] == 5 and res["valid/auc"] is None and res["best_epoch"] == 5
+    one_label = df.iloc[300:][df.iloc[300:]["label"] == 1]
+    res = train_ctr(build_ctr_model("din", builder.feature_map, SMALL), builder.encode(df.iloc[:300]),
+                    builder.encode(one_label), cfg)
+    assert res["epochs"] == 5 and res["valid/auc"] is None
+
+
+def test_holdout_falls_back_to_the_latest_samples_when_users_have_few():
+    """Per user, the last 10% needs ≥ 11 samples; with 2-4 samples a user the split would be empty."""
+    import pandas as pd
+
+    from reasonrec.methods.common import holdout_last
+
+    many = pd.DataFrame({"user_id": np.repeat(np.arange(3), 20), "timestamp": np.arange(60)})
+    train, valid = holdout_last(many, 0.1)
+    assert len(valid) == 6 and valid.groupby("user_id").size().tolist() == [2, 2, 2]  # per user, as before
+    few = pd.DataFrame({"user_id": np.repeat(np.arange(20), 3), "timestamp": np.random.default_rng(0).permutation(60)})
+    train, valid = holdout_last(few, 0.1)
+    assert len(valid) == 6 and len(train) == 54
+    assert valid["timestamp"].min() > train["timestamp"].max()   # the latest samples: never the future in train
+    # one heavy user among light ones: its 2 held-out rows (one label) cannot rank epochs by AUC
+    mixed = pd.concat([few, pd.DataFrame({"user_id": 99, "timestamp": np.arange(-12, 0)})], ignore_index=True)
+    mixed["label"] = np.arange(len(mixed)) % 2
+    mixed.loc[mixed["user_id"] == 99, "label"] = 0
+    train, valid = holdout_last(mixed, 0.1)
+    assert len(valid) == 8 and valid["label"].nunique() == 2

@@ -327,13 +327,22 @@ def training_stage(run: RunDir, name: str, *, depends: dict[str, Any], after: li
 
 def holdout_last(train: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split each user's chronologically last ``fraction`` of train samples off as validation (for protocols
-    without a validation split, e.g. ``kar``); early stopping must never look at test."""
+    without a validation split, e.g. ``kar``); early stopping must never look at test. A user needs more than
+    1 / ``fraction`` train samples to give one; when few users have that many (a sample of a few per user, as
+    TrackRec's backbones train on) — the per-user rows are under half the requested share, or lack one of the
+    labels, so AUC cannot rank epochs — the chronologically last ``fraction`` of all train samples is held out
+    instead."""
     if fraction <= 0:
         return train, train.iloc[:0]
     ordered = train.sort_values(["user_id", "timestamp"], kind="stable")
     rank = ordered.groupby("user_id").cumcount()
     size = ordered.groupby("user_id")["user_id"].transform("size")
     is_valid = rank >= np.ceil(size * (1 - fraction))
+    labels = ordered.loc[is_valid, "label"].nunique() if "label" in ordered else 2
+    if (is_valid.sum() < len(ordered) * fraction / 2 or labels < 2) and len(train) >= 2:
+        k = int(np.ceil(len(train) * fraction))
+        by_time = train.sort_values("timestamp", kind="stable")
+        return by_time.iloc[:-k].reset_index(drop=True), by_time.iloc[-k:].reset_index(drop=True)
     return ordered[~is_valid].reset_index(drop=True), ordered[is_valid].reset_index(drop=True)
 
 

@@ -128,7 +128,8 @@ class RecTuneSection(TrainerSection):
 
 class RecSection(Section):
     """Eq. 7-8: backbones, encoder (paper: BERT; default the bundled MiniLM), seeds, epochs, batch_size,
-    valid_fraction (last share of each user's train samples for early stopping), history_len. And:
+    valid_fraction (last share of each user's train samples for early stopping; of all of them when users have
+    too few, :func:`~reasonrec.methods.common.holdout_last`), history_len. And:
         train_samples: train samples the backbones train on: the LLM stages' train samples plus seeded others of
             the full train split (of the subset's users when ``subset.users`` is set), each with G's greedy CoT
             (stage ``ctr_cots/<G>``); ``None`` = the LLM stages' only. The paper's backbones train on every train

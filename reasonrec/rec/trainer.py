@@ -79,6 +79,12 @@ def train_ctr(model: nn.Module, train: EncodedSamples, valid: EncodedSamples, cf
     bce = nn.BCEWithLogitsLoss()
     best_auc, best_state, best_epoch, bad = -1.0, None, 0, 0
     seen, train_time, history = 0, 0.0, []
+    # AUC needs both labels: without them every epoch would look "not better" and patience would stop training
+    # after `patience` epochs with the last weights, silently. Train every epoch instead and say so.
+    stop_early = len(valid) > 0 and len(np.unique(np.asarray(valid.labels))) == 2
+    if not stop_early:
+        log.warning("validation set has %d rows and not both labels: no early stopping, training all %d epochs",
+                    len(valid), cfg.epochs)
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -99,6 +105,9 @@ def train_ctr(model: nn.Module, train: EncodedSamples, valid: EncodedSamples, cf
             n += len(batch["label"])
         train_time += time.perf_counter() - t0
         seen += n
+        if not stop_early:
+            history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_auc": None})
+            continue
         val = evaluate(model, valid, cfg.eval_batch_size, cfg.device)
         history.append({"epoch": epoch, "train_loss": total / max(n, 1), "valid_auc": val["auc"]})
         log.info("epoch %d loss %.4f valid auc %.4f", epoch, total / max(n, 1), val["auc"])
@@ -111,7 +120,8 @@ def train_ctr(model: nn.Module, train: EncodedSamples, valid: EncodedSamples, cf
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    result: dict = {"valid/auc": best_auc, "best_epoch": best_epoch, "epochs": epoch,
+    result: dict = {"valid/auc": best_auc if stop_early else None, "best_epoch": best_epoch if stop_early else epoch,
+                    "epochs": epoch,
                     "train_seconds": round(train_time, 3), "train_samples_per_s": seen / max(train_time, 1e-9),
                     "history": history}
     if test is not None:
