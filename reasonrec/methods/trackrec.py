@@ -236,11 +236,16 @@ class Ctx:
 def stage_samples(cfg: Config, run: RunDir) -> Ctx:
     """CoLLM-protocol samples (→ seeded subset), each with a ``sample`` key; prompt fields per sample."""
     kctx, splits = pointwise_samples_stage(cfg, run, warm_only=True)
-    train, test, s = splits.train, splits.test, cfg.subset
-    items = {int(r["item_id"]): r for r in kctx.tables.items.to_dict("records")}
-    fields = {n: [sample_fields(r, items, None, like_threshold=kctx.like_threshold, max_history=s.history_len)
-                  for r in df.to_dict("records")] for n, df in (("train", train), ("test", test))}
+    fields = {n: _prompt_fields(df, kctx.tables, kctx.like_threshold, cfg.subset.history_len)
+              for n, df in (("train", splits.train), ("test", splits.test))}
     return Ctx(cfg, run, splits, kctx.tables, kctx.domain, fields, kctx.splits.train, kctx.like_threshold)
+
+
+def _prompt_fields(samples: pd.DataFrame, tables, like_threshold: float, history_len: int) -> list[dict]:
+    """The prompt fields of each sample (history as [TITLE (YEAR), RATING], target item)."""
+    items = {int(r["item_id"]): r for r in tables.items.to_dict("records")}
+    return [sample_fields(r, items, None, like_threshold=like_threshold, max_history=history_len)
+            for r in samples.to_dict("records")]
 
 
 def _lora_training(ctx: Ctx, name: str, t: TrainerSection, init: str | None, data: Path) -> dict:
@@ -363,20 +368,27 @@ def train_generator(ctx: Ctx, arm: str, r: int, g: str) -> str:
 
 def stage_cots(ctx: Ctx, g: str) -> pd.DataFrame:
     """§3.4: G's greedy CoT for every train and test sample (Rec-tuning data, V's and the backbones' input)."""
-    st = ctx.run.stage(f"cots/{g}", after=["samples", *_adapter_stages(g)], depends={
-        **_reads(ctx.cfg), **config_fields(ctx.cfg, "align.max_new_tokens", "align.cot_temperature", "data.seed")})
+    st = ctx.run.stage(f"cots/{g}", after=["samples", *_adapter_stages(g)], depends=_cot_reads(ctx.cfg))
     if not st.done:
-        parts = []
-        for split in ("train", "test"):
-            a = ctx.cfg.align
-            texts, tokens = steps.greedy_cots(ctx.llm(), ctx.domain, ctx.fields[split], generator=ctx.adapter(g),
-                                              max_new_tokens=a.max_new_tokens, temperature=a.cot_temperature,
-                                              seed=ctx.cfg.data.seed)
-            parts.append(pd.DataFrame({"split": split, "sample": getattr(ctx.splits, split)["sample"].tolist(),
-                                       "cot": texts, "tokens": tokens}))
+        parts = [_greedy_cot_frame(ctx, g, split, getattr(ctx.splits, split), ctx.fields[split])
+                 for split in ("train", "test")]
         io.write_parquet(st.path / "cots.parquet", pd.concat(parts, ignore_index=True))
         st.complete(["cots.parquet"])
     return pd.read_parquet(st.path / "cots.parquet")
+
+
+def _cot_reads(cfg: Config) -> dict:
+    """What a set of G's greedy CoTs depends on: the served models and the CoT decoding fields."""
+    return {**_reads(cfg), **config_fields(cfg, "align.max_new_tokens", "align.cot_temperature", "data.seed")}
+
+
+def _greedy_cot_frame(ctx: Ctx, g: str, split: str, samples: pd.DataFrame, fields: list[dict]) -> pd.DataFrame:
+    """G's greedy CoT (each row cached as it comes) and its length for every sample: split, sample, cot, tokens."""
+    a = ctx.cfg.align
+    texts, tokens = steps.greedy_cots(ctx.llm(), ctx.domain, fields, generator=ctx.adapter(g),
+                                      max_new_tokens=a.max_new_tokens, temperature=a.cot_temperature,
+                                      seed=ctx.cfg.data.seed) if fields else ([], [])
+    return pd.DataFrame({"split": split, "sample": samples["sample"].tolist(), "cot": texts, "tokens": tokens})
 
 
 def train_validator(ctx: Ctx, name: str, v: str, g: str | None) -> str:
@@ -439,17 +451,10 @@ def stage_ctr_samples(ctx: Ctx) -> pd.DataFrame:
 def stage_ctr_cots(ctx: Ctx, g: str) -> pd.DataFrame:
     """G's greedy CoT for the backbones' extra train samples (as :func:`stage_cots`; each row cached as it comes)."""
     extra = stage_ctr_samples(ctx)
-    st = ctx.run.stage(f"ctr_cots/{g}", after=["ctr_samples", *_adapter_stages(g)], depends={
-        **_reads(ctx.cfg), **config_fields(ctx.cfg, "align.max_new_tokens", "align.cot_temperature", "data.seed")})
+    st = ctx.run.stage(f"ctr_cots/{g}", after=["ctr_samples", *_adapter_stages(g)], depends=_cot_reads(ctx.cfg))
     if not st.done:
-        a, items = ctx.cfg.align, {int(r["item_id"]): r for r in ctx.tables.items.to_dict("records")}
-        fields = [sample_fields(r, items, None, like_threshold=ctx.like_threshold,
-                                max_history=ctx.cfg.subset.history_len) for r in extra.to_dict("records")]
-        texts, tokens = steps.greedy_cots(ctx.llm(), ctx.domain, fields, generator=ctx.adapter(g),
-                                          max_new_tokens=a.max_new_tokens, temperature=a.cot_temperature,
-                                          seed=ctx.cfg.data.seed) if fields else ([], [])
-        io.write_parquet(st.path / "cots.parquet", pd.DataFrame({"split": "train", "sample": extra["sample"].tolist(),
-                                                                 "cot": texts, "tokens": tokens}))
+        fields = _prompt_fields(extra, ctx.tables, ctx.like_threshold, ctx.cfg.subset.history_len)
+        io.write_parquet(st.path / "cots.parquet", _greedy_cot_frame(ctx, g, "train", extra, fields))
         st.complete(["cots.parquet"])
     return pd.read_parquet(st.path / "cots.parquet")
 
