@@ -146,9 +146,7 @@ class TransformersLLM:
             tokenizer.pad_token = tokenizer.eos_token
         self.model_id = model_id
         self._adapter_ids: dict[str, str] = {}
-        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-        eos = eos if isinstance(eos, list) else [eos]
-        self._eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
+        self._eos_ids = eos_token_ids(model, tokenizer)
         self._grammars = None  # GrammarSession, built on the first constrained call
 
     def check_constraints(self, constraints) -> None:
@@ -157,11 +155,7 @@ class TransformersLLM:
     def grammar_session(self):
         """The compiled-grammar cache for this tokenizer (xgrammar's vocabulary of the model's logits width)."""
         if self._grammars is None:
-            from .constraints import GrammarSession
-
-            width = self.model.get_output_embeddings().weight.shape[0]
-            self._grammars = GrammarSession.from_huggingface(self.tokenizer, vocab_size=width,
-                                                             stop_token_ids=self._eos_ids)
+            self._grammars = grammar_session_for(self.model, self.tokenizer)
         return self._grammars
 
     @property
@@ -435,6 +429,23 @@ class TransformersLLM:
             results.append(SequenceLogprob(total=total, token_logps=token_logps,
                                            tokens=self.tokenizer.convert_ids_to_tokens(ids)))
         return results
+
+
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end a generation: the model's generation config's and the tokenizer's."""
+    config = getattr(model, "generation_config", None)
+    eos = config.eos_token_id if config is not None else None
+    eos = eos if isinstance(eos, list) else [eos]
+    return {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
+
+
+def grammar_session_for(model, tokenizer):
+    """A :class:`~reasonrec.llm.constraints.GrammarSession` over ``tokenizer`` at ``model``'s logits width (one
+    per model: compiling is the cost, matchers are cheap); also for decode loops outside this backend (GRPO)."""
+    from .constraints import GrammarSession
+
+    width = model.get_output_embeddings().weight.shape[0]
+    return GrammarSession.from_huggingface(tokenizer, vocab_size=width, stop_token_ids=eos_token_ids(model, tokenizer))
 
 
 class ConstraintProcessor:

@@ -770,10 +770,10 @@ def _policy_ranker(ctx: Ctx, holder: dict, tokenizer):
         if cons is not None:
             from transformers import LogitsProcessorList
 
-            from ..llm.hf import ConstraintProcessor
-            from ..train.grpo import grammar_session
+            from ..llm.hf import ConstraintProcessor, grammar_session_for
 
-            holder.setdefault("grammars", grammar_session(tokenizer, model))
+            if "grammars" not in holder:   # setdefault would compile the vocabulary on every call
+                holder["grammars"] = grammar_session_for(model, tokenizer)
             proc = ConstraintProcessor.for_constraints(holder["grammars"], [cons], g.followup_tokens)
             extra["logits_processor"] = LogitsProcessorList([proc])
         with torch.no_grad():

@@ -171,18 +171,6 @@ def grpo_dataset(df, cfg: GRPOConfig):
     return Dataset.from_list(records)
 
 
-def grammar_session(tokenizer, model):
-    """The xgrammar vocabulary of ``model``'s logits width for ``tokenizer`` (one per trainer: compiling is the
-    cost, matchers are cheap)."""
-    from ..llm.constraints import GrammarSession
-
-    eos = model.generation_config.eos_token_id if getattr(model, "generation_config", None) else None
-    eos = eos if isinstance(eos, list) else [eos]
-    stops = sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
-    width = model.get_output_embeddings().weight.shape[0]
-    return GrammarSession.from_huggingface(tokenizer, vocab_size=width, stop_token_ids=stops)
-
-
 def _constrained_trainer_class(base, constraint_for: Callable[[dict], Any]):
     """``base`` (a ``GRPOTrainer``) whose rollouts decode under ``constraint_for(row)`` (a
     :class:`~reasonrec.llm.constraints.Constraint` or ``None``; ``row`` = the dataset row of the rollout)."""
@@ -190,7 +178,7 @@ def _constrained_trainer_class(base, constraint_for: Callable[[dict], Any]):
 
     from transformers import LogitsProcessorList
 
-    from ..llm.hf import ConstraintProcessor
+    from ..llm.hf import ConstraintProcessor, grammar_session_for
 
     class ConstrainedGRPOTrainer(base):
         def _generate_and_score_completions(self, inputs):
@@ -208,7 +196,7 @@ def _constrained_trainer_class(base, constraint_for: Callable[[dict], Any]):
             if len(cons) != len(prompt_ids):
                 raise RuntimeError(f"{len(prompt_ids)} rollout prompts for {len(cons)} rows")
             if getattr(self, "_grammars", None) is None:
-                self._grammars = grammar_session(self.processing_class, self.accelerator.unwrap_model(self.model))
+                self._grammars = grammar_session_for(self.accelerator.unwrap_model(self.model), self.processing_class)
             proc = ConstraintProcessor.for_constraints(self._grammars, cons, self.max_completion_length)
             model = self.accelerator.unwrap_model(self.model_wrapped)
             model.generate = partial(type(model).generate, model, logits_processor=LogitsProcessorList([proc]))
