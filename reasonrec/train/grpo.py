@@ -195,10 +195,10 @@ def _constrained_trainer_class(base, constraint_for: Callable[[dict], Any]):
                                   "(not vLLM / continuous batching)")
             if len(cons) != len(prompt_ids):
                 raise RuntimeError(f"{len(prompt_ids)} rollout prompts for {len(cons)} rows")
+            model = self.accelerator.unwrap_model(self.model_wrapped)  # what trl's generate path unwraps too
             if getattr(self, "_grammars", None) is None:
-                self._grammars = grammar_session_for(self.accelerator.unwrap_model(self.model), self.processing_class)
+                self._grammars = grammar_session_for(model, self.processing_class)
             proc = ConstraintProcessor.for_constraints(self._grammars, cons, self.max_completion_length)
-            model = self.accelerator.unwrap_model(self.model_wrapped)
             model.generate = partial(type(model).generate, model, logits_processor=LogitsProcessorList([proc]))
             try:
                 out = super()._generate_single_turn(prompt_ids, *args, **kwargs)
@@ -266,7 +266,7 @@ def build_grpo_trainer(cfg: GRPOConfig, df=None, reward_funcs: Sequence[Callable
     trainer_cls = (_lean_grpo_trainer_class() if cfg.training.lean_logits and supports_lean(model)
                    else GRPOTrainer)
     if constraint_for is not None:
-        gen = {**kw, **dict(cfg.generation_kwargs)}
+        gen = dict(cfg.generation_kwargs)  # trl's own top_k / top_p defaults (0, 1.0) leave every token
         if gen.get("top_k") or gen.get("top_p", 1.0) < 1.0:
             # transformers runs its warpers before user processors: top-k / top-p first could leave no allowed token
             raise ConfigError("grpo: constrained rollouts need top_k 0 and top_p 1 in generation_kwargs")
